@@ -1,0 +1,69 @@
+r"""Backward: vector–Jacobian products of the marginals against the reference covariance.
+
+Since :math:`\partial m / \partial \theta = \mathrm{Cov}(z)` (symmetric), autograd's
+:math:`v^\top J` must equal :math:`\mathrm{Cov}(z)\, v` for every :math:`v`.  Three vectors per
+case, each a different probe:
+
+==========  =================================================================================
+``v``       what a wrong backward shows
+==========  =================================================================================
+gaussian    any error in the Jacobian (seeded from the run seed)
+one-hot     one full column of the Jacobian, off-diagonal covariances included
+ones        :math:`\mathrm{Cov}\,\mathbf 1 = 0` for Exact-k (fixed size), :math:`\mathrm{Cov}(z, |S|)`
+            for Dynamic-k; the independent-Bernoulli Jacobian :math:`\mathrm{diag}(m(1-m))` fails it
+==========  =================================================================================
+
+Tolerance: :func:`verify.tolerances.vjp_tol`, plus the output dtype's rounding of the result for
+half/bfloat16 logits (whose gradient comes back in that dtype).  Gradients at masked experts must
+be zero within it, and never NaN.
+
+Cost: one forward and three backward passes per case, one reference covariance per row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import reference, tolerances
+from ..report import Row
+
+__all__ = ["run", "PROBES"]
+
+PROBES = ("gaussian", "one-hot", "ones")
+
+
+def _probe(name: str, rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    if name == "gaussian":
+        return rng.normal(size=shape)
+    if name == "one-hot":
+        v = np.zeros(shape)
+        v[np.arange(shape[0]), rng.integers(0, shape[1], shape[0])] = 1.0
+        return v
+    return np.ones(shape)
+
+
+def run(ctx, case) -> list[Row]:
+    logits = ctx.logits(case, requires_grad=True)
+    marginals = ctx.build(case, logits).marginals
+    covs = [reference.covariance(d) for d in ctx.reference(case)]
+    rounded = ctx.rounded(case)
+    rng = np.random.default_rng([ctx.seed, case.n, case.k_top, 7])
+    out = []
+    for name in PROBES:
+        v = _probe(name, rng, rounded.shape)
+        grad_out = torch.tensor(v, dtype=marginals.dtype, device=marginals.device)
+        (got,) = torch.autograd.grad(marginals, logits, grad_outputs=grad_out, retain_graph=True)
+        got = got.detach().to("cpu", torch.float64).numpy()
+        want = np.stack([c @ vb for c, vb in zip(covs, v)])
+        tol = tolerances.vjp_tol(rounded, case.k_top, ctx.dtype, v)
+        if ctx.dtype not in (torch.float32, torch.float64):
+            tol = tol + torch.finfo(ctx.dtype).eps * np.abs(want).max(axis=-1)
+        err = np.where(np.isnan(got), np.inf, np.abs(got - want))
+        ratio = err / tol[:, None]
+        b, i = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
+        out.append(Row(f"backward ({name} v)", case.name, "pass" if ratio[b, i] <= 1 else "fail",
+                       statistic=float(err[b, i]), threshold=float(tol[b]),
+                       detail=f"worst at batch row {b}, expert {i}: vJ = {got[b, i]:.10g}, "
+                              f"reference Cov v = {want[b, i]:.10g}"))
+    return out

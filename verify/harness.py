@@ -1,0 +1,132 @@
+r"""Public entry points: :func:`check_exact_k` and :func:`check_dynamic_k`.
+
+A run plans every (check, case) task first, counts its statistical tests :math:`M`, gives each the
+level :math:`\alpha / M` (Bonferroni, so the run's family-wise false-alarm rate is at most
+:math:`\alpha`, 1e-3 by default), then runs the tasks in order.  Statistical tests per task:
+``sampling`` one or two per random batch row (:func:`verify.checks.sampling.n_tests`),
+``estimator`` one per case; ``values`` and ``backward`` are deterministic tolerance checks.  A
+quick Exact-k run holds about 20 statistical tests (level ≈ 5e-5 each), a full one about 45.
+
+Every check compares the implementation to :mod:`probmoe_ref`, never to itself.  An exception
+raised by the implementation fails that task's row with the exception text; a check the
+implementation cannot be asked (no ``route``, no ``size_logits``) is "n/a", never "pass".
+
+Cost: quick runs take seconds on a CPU, full runs a few minutes (mostly the reference's
+arbitrary-precision DP at n = 256 and the samplers at N ≈ 10⁵ draws).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from . import cases as grid
+from .checks import backward, estimator, sampling, values
+from .context import Context, NotApplicable
+from .report import Report, Row
+
+__all__ = ["check_exact_k", "check_dynamic_k", "FAMILY_ALPHA"]
+
+FAMILY_ALPHA = 1e-3
+
+
+@dataclass(frozen=True)
+class _Task:
+    check: str
+    case: grid.Case
+    n_tests: int
+    run: Callable
+
+
+def _plan(band: bool, quick: bool, seed: int, has_route: bool) -> list[_Task]:
+    main = grid.band_grid(quick, seed) if band else grid.exact_k_grid(quick, seed)
+    tasks = []
+    for case in main:
+        tasks.append(_Task("values", case, 0, values.run))
+        tasks.append(_Task("backward", case, 0, backward.run))
+        tasks.append(_Task("sampling", case, sampling.n_tests(case), sampling.run))
+    for case in grid.estimator_grid(band, quick, seed):
+        tasks.append(_Task("route estimator", case, 1 if has_route else 0, estimator.run))
+    return tasks
+
+
+def _own_route(factory):
+    """``probmoe_fast.route`` when ``factory`` is probmoe_fast's own distribution, else None."""
+    import probmoe_fast as pf
+
+    return pf.route if factory in (pf.ExactK, pf.DynamicK) else None
+
+
+def _check(band: bool, factory, *, quick, seed, device, dtype, route, alpha, progress) -> Report:
+    if route == "auto":
+        route = _own_route(factory)
+    tasks = _plan(band, quick, seed, route is not None)
+    n_tests = sum(t.n_tests for t in tasks)
+    ctx = Context(factory=factory, route=route, device=torch.device(device), dtype=dtype,
+                  seed=seed, alpha_each=alpha / max(1, n_tests), quick=quick)
+    report = Report(settings={
+        "family": "dynamic-k" if band else "exact-k",
+        "implementation": getattr(factory, "__module__", "?") + ":" + getattr(factory, "__qualname__", repr(factory)),
+        "route": None if route is None else getattr(route, "__module__", "?") + ":" + getattr(route, "__qualname__", "?"),
+        "quick": quick, "seed": seed, "device": str(ctx.device), "dtype": str(dtype),
+        "family_alpha": alpha, "statistical_tests": n_tests, "alpha_each": ctx.alpha_each,
+        "torch": torch.__version__,
+    })
+    start = time.perf_counter()
+    for i, task in enumerate(tasks):
+        if progress is not None:
+            progress(i, len(tasks), f"{task.check} [{task.case.name}]")
+        try:
+            report.rows.extend(task.run(ctx, task.case))
+        except NotApplicable as why:
+            report.rows.append(Row(task.check, task.case.name, "n/a", detail=str(why)))
+        except Exception as exc:        # the implementation under test failed: report, go on
+            report.rows.append(Row(task.check, task.case.name, "fail",
+                                   error=f"{type(exc).__name__}: {exc}"))
+    if progress is not None:
+        progress(len(tasks), len(tasks), "done")
+    report.settings["seconds"] = round(time.perf_counter() - start, 2)
+    return report
+
+
+def check_exact_k(factory, *, quick: bool = False, seed: int = 0, device="cpu",
+                  dtype: torch.dtype = torch.float32, route="auto", alpha: float = FAMILY_ALPHA,
+                  progress: Callable[[int, int, str], None] | None = None) -> Report:
+    r"""Check an Exact-k implementation against :mod:`probmoe_ref`.
+
+    ============  ===================================================================
+    argument      meaning
+    ============  ===================================================================
+    factory       ``factory(logits (B, n), k)`` → object with ``.marginals (B, n)``
+                  (differentiable), ``.log_partition (B,)`` and
+                  ``.sample(sample_shape, generator=)`` → ``(*sample_shape, B, n)`` 0/1
+    quick         the small grid (seconds) instead of the full one (minutes)
+    seed          seeds the logits drawn for the grid and every generator
+    device/dtype  where and in which dtype the logits are made
+    route         ``route(logits, k=, training=True, generator=)`` for the end-to-end
+                  estimator check; ``"auto"``: ``probmoe_fast.route`` for
+                  ``probmoe_fast.ExactK``, otherwise none (the check is "n/a")
+    alpha         family-wise false-alarm rate of the run's statistical tests
+    progress      called as ``progress(done, total, label)`` before each task
+    ============  ===================================================================
+
+    Returns a :class:`verify.Report`; ``report.ok`` is False iff some row failed.
+    """
+    return _check(False, factory, quick=quick, seed=seed, device=device, dtype=dtype,
+                  route=route, alpha=alpha, progress=progress)
+
+
+def check_dynamic_k(factory, *, quick: bool = False, seed: int = 0, device="cpu",
+                    dtype: torch.dtype = torch.float32, route="auto", alpha: float = FAMILY_ALPHA,
+                    progress: Callable[[int, int, str], None] | None = None) -> Report:
+    r"""Check a Dynamic-k implementation against :mod:`probmoe_ref`.
+
+    As :func:`check_exact_k`, with ``factory(logits, k_min, k_max)`` (plus ``size_logits=``
+    ``(B, k_max − k_min + 1)`` for the cases that have size logits, when the factory accepts it)
+    and ``route(logits, k_min=, k_max=, training=True, generator=)``.
+    """
+    return _check(True, factory, quick=quick, seed=seed, device=device, dtype=dtype,
+                  route=route, alpha=alpha, progress=progress)
