@@ -1,0 +1,246 @@
+r"""Functional routing API: :func:`route` (exact probabilistic routing) and :func:`topk_route`.
+
+Per token with router logits :math:`\theta \in (\mathbb R\cup\{-\infty\})^n`
+(DESIGN.md §2, :cite:`zhao2026probmoe`):
+
+* **Training.** Draw :math:`z \sim P(\cdot \mid \theta)` exactly (Exact-k or the Dynamic-k band),
+  take the exact marginals :math:`m = \nabla_\theta \log Z`, and form the straight-through gate
+
+  .. math::
+
+      g = z + m - \mathrm{sg}(m), \qquad u = g \odot \mathrm{gate}(\theta),
+
+  whose value is :math:`z \odot \mathrm{gate}(\theta)` and whose gradient for a cotangent
+  :math:`v` on :math:`u` is
+
+  .. math::
+
+      \frac{\partial \langle v, u\rangle}{\partial \theta}
+      = \mathrm{Cov}(z)\,(v \odot \mathrm{gate}(\theta)) + J_{\mathrm{gate}}^\top (v \odot z).
+
+  ``gate`` is ``softmax`` (the paper) or the elementwise ``sigmoid``. The token goes to the
+  experts in :math:`z` with the weights :math:`u` gathered there (divided by their sum if
+  ``normalize``).
+* **Inference** (default): the mode (DESIGN.md §1) — Exact-k: the ``k`` largest logits;
+  Dynamic-k: :math:`j^* = \arg\max_{j} (\phi_j + \text{sum of the } j \text{ largest logits})`
+  and its top :math:`j^*`; ties toward the lower expert index (and the smaller size). With
+  ``sample_at_inference`` a sample replaces the mode (weights :math:`z\odot\mathrm{gate}(\theta)`).
+
+Routing has ``K = k`` (Exact-k) or ``K = k_max`` (Dynamic-k) slots per token; slot ``s`` of a
+token is valid iff ``s < |S|``. Invalid slots carry weight 0 and a (meaningless) expert index and
+must not be computed.
+
+Cost per token: sample + marginals :math:`O(nK)` time and memory (the fast core's DP), the
+mode :math:`O(n \log n)`, the gather :math:`O(n \log n)`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .ops.esp_function import esp_forward
+
+__all__ = ["RouterOutput", "route", "topk_route", "straight_through", "mode_routing"]
+
+_BACKENDS = ("auto", "torch")
+_GATES = {"softmax": lambda t: torch.softmax(t, dim=-1), "sigmoid": torch.sigmoid}
+
+
+class RouterOutput(NamedTuple):
+    r"""What a router returns.
+
+    ===============  =====================  ======================================================
+    field            shape                  dtype / meaning
+    ===============  =====================  ======================================================
+    ``indices``      ``(..., K)``           int64 expert ids; selected experts first
+    ``weights``      ``(..., K)``           float32 (float64 for float64 logits); 0 where invalid
+    ``valid``        ``(..., K)``           bool; ``valid[..., s]`` iff slot ``s`` is computed
+    ``marginals``    ``(..., n)`` or None   exact :math:`P(i \in S)` when a sample was drawn
+    ``logits``       ``(..., n)``           the router logits the routing came from
+    ===============  =====================  ======================================================
+    """
+
+    indices: torch.Tensor
+    weights: torch.Tensor
+    valid: torch.Tensor
+    marginals: torch.Tensor | None
+    logits: torch.Tensor
+
+
+def straight_through(z: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    r""":math:`z + m - \mathrm{sg}(m)`: the value of ``z``, the gradient of ``m``."""
+    return z + (m - m.detach())
+
+
+def _validation_on(validate_args: bool | None) -> bool:
+    if validate_args is None:
+        return torch.distributions.Distribution._validate_args
+    return validate_args
+
+
+def _math_dtype(logits: torch.Tensor) -> torch.dtype:
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+def _gate(logits: torch.Tensor, gate: str) -> torch.Tensor:
+    if gate not in _GATES:
+        raise ValueError(f"gate must be one of {sorted(_GATES)}, got {gate!r}")
+    return _GATES[gate](logits)
+
+
+def _gather_slots(mask: torch.Tensor, order: torch.Tensor, gate_weights: torch.Tensor,
+                  n_slots: int, normalize: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Slots from a 0/1 ``mask`` (value-and-gradient carrier) visited in expert ``order``."""
+    indices = order[..., :n_slots]
+    valid = mask.detach().gather(-1, indices) > 0
+    # `* valid` also cuts the straight-through gradient of the unselected experts' zero weights.
+    weights = _normalized((mask * gate_weights).gather(-1, indices) * valid, normalize)
+    return indices, weights, valid
+
+
+def _normalized(weights: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """``weights`` divided by their row sum if ``normalize`` (rows summing to 0 stay 0)."""
+    if not normalize:
+        return weights
+    total = weights.sum(-1, keepdim=True)
+    return weights / torch.where(total > 0, total, torch.ones_like(total))
+
+
+def _selected_first(mask: torch.Tensor) -> torch.Tensor:
+    """Expert order with the selected experts first, each group by increasing index."""
+    return torch.sort(mask.detach(), dim=-1, descending=True, stable=True).indices
+
+
+def mode_routing(logits: torch.Tensor, k_min: int, k_max: int,
+                 size_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The MAP subset (DESIGN.md §1) as ``(order, size)``.
+
+    ``order`` ``(..., n)`` int64 is the experts by decreasing logit (ties: lower index first), so
+    the mode is ``order[..., :size]``; ``size`` ``(...,)`` int64 is ``k`` for Exact-k
+    (``k_min == k_max``) and :math:`j^*` for the band (ties: the smaller size).
+    Cost: :math:`O(n \log n)` per row.
+    """
+    sorted_logits, order = torch.sort(logits.detach(), dim=-1, descending=True, stable=True)
+    if k_min == k_max:
+        return order, torch.full(logits.shape[:-1], k_min, dtype=torch.long, device=logits.device)
+    # float64 sums: ties between sizes are decided on the scores, not on float32 rounding
+    prefix = sorted_logits.double().cumsum(-1)[..., k_min - 1:k_max]
+    if size_logits is not None:
+        prefix = prefix + size_logits.detach().double()
+    return order, prefix.argmax(-1) + k_min
+
+
+def topk_route(logits: torch.Tensor, k: int, *, normalize: bool = False) -> RouterOutput:
+    r"""The standard softmax top-k baseline: the ``k`` largest :math:`\mathrm{softmax}(\theta)`
+    (ties: lower index), weighted by their probabilities, divided by their sum if ``normalize``.
+
+    ``logits`` ``(..., n)``; all ``k`` slots valid; ``marginals`` is None.
+    Cost: :math:`O(n \log n)` per row.
+    """
+    n = logits.shape[-1]
+    if not 0 <= k <= n:
+        raise ValueError(f"k must satisfy 0 <= k <= n = {n}, got k={k}")
+    probs = torch.softmax(logits.to(_math_dtype(logits)), dim=-1)
+    order, _ = mode_routing(logits, k, k)
+    indices = order[..., :k]
+    weights = _normalized(probs.gather(-1, indices), normalize)
+    valid = torch.ones_like(indices, dtype=torch.bool)
+    return RouterOutput(indices, weights, valid, None, logits)
+
+
+def _resolve_sizes(n: int, k: int | None, k_min: int | None, k_max: int | None) -> tuple[int, int]:
+    """``(k_min, k_max)`` from the Exact-k or Dynamic-k arguments, validated (DESIGN.md §5)."""
+    if k is not None:
+        if k_min is not None or k_max is not None:
+            raise ValueError(f"give either k or (k_min, k_max), not both; got k={k}, "
+                             f"k_min={k_min}, k_max={k_max}")
+        if not 0 <= k <= n:
+            raise ValueError(f"k must satisfy 0 <= k <= n = {n}, got k={k}")
+        return k, k
+    if k_min is None or k_max is None:
+        raise ValueError(f"give k (Exact-k) or both k_min and k_max (Dynamic-k); got "
+                         f"k_min={k_min}, k_max={k_max}")
+    if not 1 <= k_min <= k_max <= n:
+        raise ValueError(f"need 1 <= k_min <= k_max <= n = {n}, got k_min={k_min}, k_max={k_max}")
+    return k_min, k_max
+
+
+def _validate_rows(theta: torch.Tensor, k_min: int, batch_shape: torch.Size) -> None:
+    """DESIGN.md §5: no NaN/+inf, at least ``k_min`` finite logits per row; ``theta`` ``(T, n)``."""
+    for problem, bad in (("NaN", theta.isnan().any(-1)), ("+inf", (theta == torch.inf).any(-1)),
+                         (f"fewer than {k_min} finite entries", theta.isfinite().sum(-1) < k_min)):
+        if bad.any():
+            flat = int(bad.nonzero()[0, 0])
+            index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), batch_shape))
+            where = index[0] if len(index) == 1 else index
+            raise ValueError(f"logits has {problem} in batch row {where}")
+
+
+def _check_size_logits(size_logits, k, k_min: int, k_max: int) -> None:
+    if size_logits is None:
+        return
+    if k is not None:
+        raise ValueError("size_logits need Dynamic-k (k_min, k_max), not k")
+    if tuple(size_logits.shape) != (k_max - k_min + 1,):
+        raise ValueError(f"size_logits must have shape (k_max - k_min + 1,) = "
+                         f"({k_max - k_min + 1},), got {tuple(size_logits.shape)}")
+
+
+def route(logits: torch.Tensor, *, k: int | None = None, k_min: int | None = None,
+          k_max: int | None = None, size_logits: torch.Tensor | None = None,
+          training: bool = True, sample_at_inference: bool = False,
+          generator: torch.Generator | None = None, normalize: bool = False,
+          gate: str = "softmax", backend: str = "auto",
+          validate_args: bool | None = None) -> RouterOutput:
+    r"""Exact probabilistic routing (module docstring; DESIGN.md §2).
+
+    ==================  ===================  ==================================================
+    argument            shape                dtype
+    ==================  ===================  ==================================================
+    ``logits``          ``(..., n)``         float16/bfloat16/float32 (math in float32) or float64
+    ``size_logits``     ``(k_max-k_min+1,)`` Dynamic-k :math:`\phi_j`, ``j = k_min..k_max``
+    result              :class:`RouterOutput` ``K = k`` or ``k_max`` slots
+    ==================  ===================  ==================================================
+
+    ``training`` selects sample + straight-through weights; otherwise the mode, or a sample if
+    ``sample_at_inference``. ``generator`` drives the sampler (same generator state, same
+    routing). ``backend``: ``"auto"`` or ``"torch"`` (the fast core's batched torch DP, its
+    only backend so far). Bad input (NaN/+∞ logits, sizes out of range, a row with fewer finite
+    logits than ``k`` or ``k_min``) raises ``ValueError`` naming the row; ``validate_args`` (default: ``torch.distributions.Distribution``'s global switch)
+    turns these data checks off for hot loops (the size checks always run).
+    Cost per row: :math:`O(nK)` (sampling) or :math:`O(n \log n)` (mode).
+    """
+    n = logits.shape[-1]
+    exact_k = k
+    k_min, k_max = _resolve_sizes(n, k, k_min, k_max)
+    _check_size_logits(size_logits, exact_k, k_min, k_max)
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    theta = logits.reshape(-1, n).to(_math_dtype(logits))
+    if _validation_on(validate_args):
+        _validate_rows(theta, k_min, logits.shape[:-1])
+    phi = None if size_logits is None or k_min == k_max else size_logits.to(theta.dtype)
+    gate_weights = _gate(theta, gate)
+    if training or sample_at_inference:
+        if k_max == 0:  # the empty subset is the only one: z = m = 0, Cov = 0
+            z = m = torch.zeros_like(theta)
+        else:
+            size_rows = None if phi is None else phi.expand(theta.shape[0], -1)
+            _, _, m, z = esp_forward(theta, k_min, k_max, size_rows, n_samples=1,
+                                     generator=generator)
+        mask = straight_through(z, m) if training else z
+        indices, weights, valid = _gather_slots(mask, _selected_first(z), gate_weights, k_max,
+                                                normalize)
+        marginals = m
+    else:
+        order, size = mode_routing(theta, k_min, k_max, phi)
+        valid = torch.arange(k_max, device=theta.device) < size.unsqueeze(-1)
+        indices = order[..., :k_max]
+        weights = _normalized(gate_weights.gather(-1, indices) * valid, normalize)
+        marginals = None
+    batch = logits.shape[:-1]
+    return RouterOutput(indices.reshape(*batch, k_max), weights.reshape(*batch, k_max),
+                        valid.reshape(*batch, k_max),
+                        None if marginals is None else marginals.reshape(*batch, n), logits)
