@@ -7,9 +7,22 @@ cross-check). See DESIGN.md §1 for the model and §4 for the API.
   or by the ESP dynamic program (mpmath).
 * :mod:`probmoe_ref.gradients` -- exact gradients of :math:`E[f(z)]`, :math:`\operatorname{Cov}(z) v`
   and the expected straight-through surrogate, by enumeration.
+* :mod:`probmoe_ref.symbolic` -- sympy proofs (small n) of the identities the library relies on.
+
+``symbolic`` and ``selfcheck`` import sympy, so they load on first attribute access.
 """
+
+import importlib
 
 from . import gradients
 from .distributions import DynamicK, ExactK
 
-__all__ = ["ExactK", "DynamicK", "gradients"]
+__all__ = ["ExactK", "DynamicK", "gradients", "symbolic"]
+
+_LAZY = ("symbolic",)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
