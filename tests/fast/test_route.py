@@ -187,6 +187,9 @@ BAD = [
     (dict(k_min=3, k_max=2), [[0.0, 1.0, 2.0]], "k_min"),                           # k_min > k_max
     (dict(k=1, k_min=1, k_max=2), [[0.0, 1.0, 2.0]], "either"),                     # both forms
     (dict(k=1, gate="relu"), [[0.0, 1.0, 2.0]], "gate"),                            # bad gate
+    (dict(k=1, backend="cuda"), [[0.0, 1.0, 2.0]], "backend"),                      # bad backend
+    (dict(k=1, size_logits=torch.zeros(1)), [[0.0, 1.0, 2.0]], "Dynamic-k"),        # phi with k
+    (dict(k_min=1, k_max=2, size_logits=torch.zeros(3)), [[0.0, 1.0, 2.0]], r"\(2,\)"),  # len
 ]
 
 
@@ -195,3 +198,17 @@ BAD = [
 def test_bad_input_raises_value_error_naming_the_row(kwargs, rows, match, training):
     with pytest.raises(ValueError, match=match):
         route(torch.tensor(rows), **kwargs, training=training, generator=gen(0))
+
+
+def test_bad_row_names_its_multi_dimensional_index_and_validation_can_be_turned_off():
+    theta = torch.zeros(2, 3, 4)
+    theta[1, 2, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN in batch row \(1, 2\)"):
+        route(theta, k=2, training=False)
+    theta[1, 2, 0] = 0.0
+    theta[0, 1, 1:] = -float("inf")
+    with pytest.raises(ValueError, match=r"fewer than 2 finite entries in batch row \(0, 1\)"):
+        route(theta, k=2)
+    theta[0, 1, 1:] = 0.0
+    r = route(theta, k=2, validate_args=False, training=False)  # valid input, checks skipped
+    assert torch.equal(r.indices, torch.tensor([0, 1]).expand(2, 3, 2))
