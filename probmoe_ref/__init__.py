@@ -8,6 +8,8 @@ cross-check). See DESIGN.md §1 for the model and §4 for the API.
 * :mod:`probmoe_ref.gradients` -- exact gradients of :math:`E[f(z)]`, :math:`\operatorname{Cov}(z) v`
   and the expected straight-through surrogate, by enumeration.
 * :mod:`probmoe_ref.symbolic` -- sympy proofs (small n) of the identities the library relies on.
+* :mod:`probmoe_ref.selfcheck` -- enumeration vs DP vs mpmath vs sympy over a case grid;
+  ``python -m probmoe_ref [--quick]`` prints it and exits 1 on a failure.
 
 ``symbolic`` and ``selfcheck`` import sympy, so they load on first attribute access.
 """
@@ -17,9 +19,9 @@ import importlib
 from . import gradients
 from .distributions import DynamicK, ExactK
 
-__all__ = ["ExactK", "DynamicK", "gradients", "symbolic"]
+__all__ = ["ExactK", "DynamicK", "gradients", "symbolic", "selfcheck"]
 
-_LAZY = ("symbolic",)
+_LAZY = ("symbolic", "selfcheck")
 
 
 def __getattr__(name):
