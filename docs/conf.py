@@ -66,3 +66,29 @@ suppress_warnings = ["misc.highlighting_failure"]
 html_theme = "furo"
 html_title = "probmoe"
 html_static_path = ["_static"]
+
+# Docstrings that break the -W build, owned by other parts of the code: their text is replaced
+# by a note (the signature stays documented) until the owner fixes them. Each entry names the
+# exact docutils error it raises; remove the entry once the docstring builds cleanly.
+BROKEN_DOCSTRINGS = {
+    "probmoe_fast.functional.route": "malformed simple table (a cell wider than its column)",
+    "probmoe_fast.nn.dispatch.dispatch_combine": "malformed simple table",
+    "probmoe_fast.ops.esp_function": "malformed simple table",
+    "probmoe_ref.gradients": "malformed simple table (a cell wider than its column)",
+    "verify.cases": "malformed simple table (text in the column margin)",
+    "verify.tolerances": "malformed simple table (bottom border does not match the top)",
+}
+
+# Methods that override torch's without a docstring would inherit torch's, whose :ref: labels
+# point into the torch docs and cannot resolve here.
+autodoc_inherit_docstrings = False
+
+
+def _omit_broken_docstring(app, what, name, obj, options, lines):
+    reason = BROKEN_DOCSTRINGS.get(name)
+    if reason is not None:
+        lines[:] = [f"*(Docstring omitted from this build: {reason}; see the source.)*", ""]
+
+
+def setup(app):
+    app.connect("autodoc-process-docstring", _omit_broken_docstring)
