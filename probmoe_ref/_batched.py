@@ -120,7 +120,11 @@ class SubsetDistribution:
             theta, phi = self._flat_theta[flat], self._flat_phi[flat]
             if self.row_algorithm(flat) == "enumerate":
                 ns = Float64() if self.precision is None else MpMath(self.precision)
-                self._rows[flat] = EnumeratedRow(theta, self._sizes, phi, ns)
+                try:
+                    self._rows[flat] = EnumeratedRow(theta, self._sizes, phi, ns)
+                except ValueError as exc:
+                    where = _checks.batch_index(self.batch_shape, flat)
+                    raise ValueError(f"batch row {where}: {exc}") from None
             else:
                 ns = MpMath(DP_DEFAULT_DIGITS if self.precision is None else self.precision)
                 self._rows[flat] = DPRow(theta, self._sizes, phi, ns)
@@ -215,7 +219,8 @@ class SubsetDistribution:
         ``-inf`` for a subset holding a masked (:math:`-\infty`) expert."""
         z = _checks.check_mask(mask, self.batch_shape, self.n, self._sizes, self._size_text)
         n_rows = self._flat_theta.shape[0]
-        flat_z = z.reshape(-1, n_rows, self.n)
+        sample_shape = z.shape[:z.ndim - len(self.batch_shape) - 1]
+        flat_z = z.reshape(prod(sample_shape), n_rows, self.n)
         out = np.empty(flat_z.shape[:2])
         for s in range(flat_z.shape[0]):
             for f in range(n_rows):

@@ -10,11 +10,11 @@ import operator
 
 import numpy as np
 
-__all__ = ["as_logits", "check_k", "check_band", "as_size_logits", "check_rows_have_finite",
+__all__ = ["batch_index", "as_logits", "check_k", "check_band", "as_size_logits", "check_rows_have_finite",
            "check_mask"]
 
 
-def _where(batch_shape, flat_row: int):
+def batch_index(batch_shape, flat_row: int):
     """The batch index of flat row ``flat_row`` as a tuple (``()`` for an unbatched input)."""
     return tuple(int(i) for i in np.unravel_index(flat_row, batch_shape)) if batch_shape else ()
 
@@ -27,14 +27,16 @@ def as_logits(logits) -> np.ndarray:
         raise ValueError(f"logits must be a real array of shape (..., n): {exc}") from None
     if theta.ndim == 0:
         raise ValueError("logits must have shape (..., n) with at least one dimension, got a scalar")
+    if theta.shape[-1] == 0:
+        raise ValueError(f"logits must have at least one expert (n >= 1), got shape {theta.shape}")
     batch_shape = theta.shape[:-1]
     rows = theta.reshape(-1, theta.shape[-1])
     for flat, row in enumerate(rows):
         if np.isnan(row).any():
-            raise ValueError(f"logits contain NaN in batch row {_where(batch_shape, flat)} "
+            raise ValueError(f"logits contain NaN in batch row {batch_index(batch_shape, flat)} "
                              f"(expert {int(np.flatnonzero(np.isnan(row))[0])})")
         if np.isposinf(row).any():
-            raise ValueError(f"logits contain +inf in batch row {_where(batch_shape, flat)} "
+            raise ValueError(f"logits contain +inf in batch row {batch_index(batch_shape, flat)} "
                              f"(expert {int(np.flatnonzero(np.isposinf(row))[0])})")
     return theta
 
@@ -84,7 +86,7 @@ def as_size_logits(size_logits, n_sizes: int, batch_shape) -> np.ndarray:
     rows = phi.reshape(-1, n_sizes)
     for flat, row in enumerate(rows):
         if not np.isfinite(row).all():
-            raise ValueError(f"size_logits must be finite; batch row {_where(batch_shape, flat)} "
+            raise ValueError(f"size_logits must be finite; batch row {batch_index(batch_shape, flat)} "
                              f"has {row[~np.isfinite(row)][0]}")
     return phi
 
@@ -95,7 +97,7 @@ def check_rows_have_finite(theta: np.ndarray, need: int, what: str) -> None:
     counts = np.isfinite(theta).sum(axis=-1).reshape(-1)
     for flat, count in enumerate(counts):
         if count < need:
-            raise ValueError(f"batch row {_where(batch_shape, flat)} has {int(count)} finite "
+            raise ValueError(f"batch row {batch_index(batch_shape, flat)} has {int(count)} finite "
                              f"logits, fewer than {what}={need}")
 
 

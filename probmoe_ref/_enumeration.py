@@ -58,6 +58,9 @@ class EnumeratedRow:
             scores = [ns.fsum(descending[:j] + [self.phi[r]])
                       for r, j in enumerate(sizes) if j <= len(descending)]
             self.reference = max(scores)
+            if not abs(self.reference) < ns.num("inf"):
+                raise ValueError(f"the best subset's log-weight ({self.reference}) is outside the "
+                                 f"float64 range; use precision=<digits>")
             self.subsets, self.size_index, rel = [], [], []
             for r, j in enumerate(sizes):
                 for subset in itertools.combinations(self.finite, j):
@@ -107,10 +110,11 @@ class EnumeratedRow:
             return [self.ns.fsum(b) for b in buckets]
 
     def entropy(self):
-        r""":math:`H = -\sum_S P(S) \log P(S)` with :math:`\log P(S) = \ell_S - \log\sum e^{\ell}`."""
+        r""":math:`H = -\sum_S P(S) \log P(S)` with :math:`\log P(S) = \ell_S - \log\sum e^{\ell}`
+        (terms with :math:`P(S) = 0` contribute 0, also when :math:`\ell_S = -\infty`)."""
         with self.ns.context():
             return self.ns.fsum([p * (self.log_total - rel)
-                                 for p, rel in zip(self.probs, self.rel_log_weight)])
+                                 for p, rel in zip(self.probs, self.rel_log_weight) if p > 0])
 
     def log_prob(self, subset: tuple):
         r""":math:`\log P(S)` for a subset of admissible size (``-inf`` if it holds a masked expert)."""

@@ -32,8 +32,11 @@ O(N K + n²) memory; one sample O(N).
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
+
+from ._numbers import MpMath
 
 __all__ = ["DPRow"]
 
@@ -47,18 +50,26 @@ class DPRow:
     ``theta``        ``(n,)``   float64 logits, finite or -inf
     ``sizes``        ``range``  admissible sizes :math:`J`
     ``size_logits``  ``(|J|,)`` float64 :math:`\phi_j` for ``j`` in ``sizes``
-    ``ns``           --         :class:`~probmoe_ref._numbers.MpMath`
+    ``ns``           --         :class:`~probmoe_ref._numbers.MpMath`; the row works at
+                                its digits plus :math:`\lceil \log_{10}(1 + |\log Z|_{\max})
+                                \rceil + 2` guard digits
     ===============  =========  ==============================================
     """
 
     def __init__(self, theta: np.ndarray, sizes: range, size_logits, ns):
         self.n = theta.shape[0]
         self.sizes = sizes
-        self.ns = ns
         self.finite = [i for i in range(self.n) if np.isfinite(theta[i])]
         n_fin = len(self.finite)
         self.K = min(max(sizes), n_fin)
         K = self.K
+        # Guard digits: entropy and log P(S) subtract quantities of size ~|log Z|, at most
+        # K max|theta| + max|phi| + K log n <= 3 (K + 1) max(max|theta|, max|phi|, log n, 1);
+        # carry that many extra digits so that ns.digits survive the subtraction.
+        biggest = max(float(np.max(np.abs(theta[self.finite]), initial=0.0)),
+                      float(np.max(np.abs(size_logits), initial=0.0)), math.log(max(n_fin, 1)), 1.0)
+        guard = math.ceil(math.log10(3 * (K + 1)) + math.log10(biggest)) + 2
+        self.ns = ns = MpMath(ns.digits + guard)
         with ns.context():
             zero, one = ns.num(0), ns.num(1)
             self.theta = [ns.num(theta[i]) for i in self.finite]

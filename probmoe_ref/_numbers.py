@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 import math
 from contextlib import contextmanager
+from fractions import Fraction
 
 import mpmath
 import numpy as np
@@ -38,7 +39,17 @@ class Float64:
         return float(x)
 
     def fsum(self, xs):
-        return math.fsum(xs)
+        """Correctly rounded sum; a sum beyond the float64 range rounds to ``±inf`` (computed
+        exactly with :class:`fractions.Fraction` when :func:`math.fsum` overflows midway)."""
+        xs = list(xs)
+        try:
+            return math.fsum(xs)
+        except OverflowError:
+            exact = sum((Fraction(x) for x in xs), Fraction(0))
+            try:
+                return float(exact)
+            except OverflowError:
+                return math.inf if exact > 0 else -math.inf
 
     def exp(self, x):
         return math.exp(x)

@@ -95,3 +95,11 @@ def test_bad_logits_shape_and_rng_and_mp_accessor():
         pr.ExactK(GOOD, 1).sample(rng="seed")
     with pytest.raises(ValueError, match="precision"):
         pr.ExactK(GOOD, 1).marginals_mp
+
+
+def test_no_experts_rejected_and_empty_batch_accepted():
+    with pytest.raises(ValueError, match="at least one expert"):
+        pr.ExactK(np.zeros((2, 0)), 0)
+    d = pr.DynamicK(np.zeros((0, 3)), 1, 2)
+    assert d.marginals.shape == (0, 3) and d.sample((2,), rng=0).shape == (2, 0, 3)
+    assert d.log_prob(np.zeros((4, 0, 3))).shape == (4, 0)

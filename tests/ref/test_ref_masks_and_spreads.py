@@ -83,3 +83,28 @@ def test_float64_path_survives_large_offsets(offset):
                     precision=40, algorithm="dp")
     assert np.abs(a.marginals - b.marginals).max() <= TOL
     assert np.abs(a.size_probs - b.size_probs).max() <= TOL
+
+
+@pytest.mark.parametrize("theta, k, entropy", [
+    ([1e300, 1e300, 1e300], 2, np.log(3.0)),          # log Z = 2e300: offsets far beyond 1e4
+    ([-1e308, -1e308, 5.0], 2, np.log(2.0)),          # expert 2 always in, a fair coin for the rest
+    ([0.0, -1e308, -1e308], 2, np.log(2.0)),          # second-best logits at the float64 edge
+    ([1e308, -1e308, 0.0], 1, 0.0),                   # one subset holds all the mass
+])
+@pytest.mark.parametrize("kwargs", [{}, {"precision": 30}, {"algorithm": "dp"}])
+def test_extreme_finite_logits(theta, k, entropy, kwargs):
+    # The DP carries guard digits for |log Z| ~ 1e308, so entropy and log P survive the subtraction.
+    d = pr.ExactK(theta, k, **kwargs)
+    assert abs(d.entropy() - entropy) <= 1e-15
+    assert abs(d.log_prob(d.mode) + entropy) <= 1e-15    # every case here is uniform on its support
+    assert np.all(np.isfinite(d.marginals))
+
+
+def test_float64_path_refuses_an_unrepresentable_log_partition():
+    # log Z = 2e308 has no float64 value to be relative to; mpmath (either algorithm) handles it.
+    theta = np.array([[0.0, 1.0, 2.0], [1e308, 1e308, 0.0]])
+    with pytest.raises(ValueError, match=r"batch row \(1,\).*precision"):
+        pr.ExactK(theta, 2).marginals
+    for kwargs in ({"precision": 30}, {"precision": 30, "algorithm": "dp"}):
+        d = pr.ExactK(theta, 2, **kwargs)
+        assert d.log_partition[1] == np.inf and d.marginals[1].tolist() == [1.0, 1.0, 0.0]
