@@ -36,14 +36,14 @@ def count_subsets(n_finite: int, sizes: range) -> int:
 class EnumeratedRow:
     r"""Subset distribution of one row by enumeration, in the number system ``ns``.
 
-    ===============  =========  ==============================================
-    argument         shape      meaning
-    ===============  =========  ==============================================
-    ``theta``        ``(n,)``   float64 logits, finite or -inf
-    ``sizes``        ``range``  admissible sizes :math:`J`
-    ``size_logits``  ``(|J|,)`` float64 :math:`\phi_j` for ``j`` in ``sizes``
-    ``ns``           --         :class:`~probmoe_ref._numbers.Float64` or ``MpMath``
-    ===============  =========  ==============================================
+    ===============  ==========  ==============================================
+    argument         shape       meaning
+    ===============  ==========  ==============================================
+    ``theta``        ``(n,)``    float64 logits, finite or -inf
+    ``sizes``        ``range``   admissible sizes :math:`J`
+    ``size_logits``  ``(|J|,)``  float64 :math:`\phi_j` for ``j`` in ``sizes``
+    ``ns``           --          :class:`~probmoe_ref._numbers.Float64` or ``MpMath``
+    ===============  ==========  ==============================================
     """
 
     def __init__(self, theta: np.ndarray, sizes: range, size_logits, ns):

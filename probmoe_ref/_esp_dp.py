@@ -44,16 +44,16 @@ __all__ = ["DPRow"]
 class DPRow:
     r"""Subset distribution of one row by the ESP DP in the mpmath number system ``ns``.
 
-    ===============  =========  ==============================================
-    argument         shape      meaning
-    ===============  =========  ==============================================
-    ``theta``        ``(n,)``   float64 logits, finite or -inf
-    ``sizes``        ``range``  admissible sizes :math:`J`
-    ``size_logits``  ``(|J|,)`` float64 :math:`\phi_j` for ``j`` in ``sizes``
-    ``ns``           --         :class:`~probmoe_ref._numbers.MpMath`; the row works at
-                                its digits plus :math:`\lceil \log_{10}(1 + |\log Z|_{\max})
-                                \rceil + 2` guard digits
-    ===============  =========  ==============================================
+    ===============  ==========  ==============================================
+    argument         shape       meaning
+    ===============  ==========  ==============================================
+    ``theta``        ``(n,)``    float64 logits, finite or -inf
+    ``sizes``        ``range``   admissible sizes :math:`J`
+    ``size_logits``  ``(|J|,)``  float64 :math:`\phi_j` for ``j`` in ``sizes``
+    ``ns``           --          :class:`~probmoe_ref._numbers.MpMath`; the row works at
+                                 its digits plus :math:`\lceil \log_{10}(3 (K + 1) B) \rceil + 2`
+                                 guard digits, :math:`B = \max(|\theta|, |\phi|, \log N, 1)`
+    ===============  ==========  ==============================================
     """
 
     def __init__(self, theta: np.ndarray, sizes: range, size_logits, ns):

@@ -3,15 +3,15 @@ r"""The two number systems the reference computes in: IEEE float64 and mpmath.
 Every row computation in :mod:`probmoe_ref` is written once against the small interface below,
 so that the float64 and arbitrary-precision results come from the same, readable code.
 
-===============  ====================================  ======================================
-member           :class:`Float64`                      :class:`MpMath` (``digits`` decimal)
-===============  ====================================  ======================================
-``num(x)``       ``float(x)`` (exact for a float)      ``mpf(x)`` (exact for a float)
-``fsum(xs)``     :func:`math.fsum` (correctly rounded) :func:`mpmath.fsum`
-``exp``/``log``  :mod:`math` (``log(0) = -inf``)       :mod:`mpmath` (``log(0) = -inf``)
-``uniform(rng)`` one ``Generator.random()`` draw       ``prec + 64`` random bits from ``rng``
-``draw_from_cdf`` vectorised inverse CDF (numpy)         inverse CDF by bisection, one draw at a time
-===============  ====================================  ======================================
+=================  =====================================  ===========================================
+member             :class:`Float64`                       :class:`MpMath` (``digits`` decimal)
+=================  =====================================  ===========================================
+``num(x)``         ``float(x)`` (exact for a float)       ``mpf(x)`` (exact for a float)
+``fsum(xs)``       :func:`math.fsum` (correctly rounded)  :func:`mpmath.fsum`
+``exp``/``log``    :mod:`math` (``log(0) = -inf``)        :mod:`mpmath` (``log(0) = -inf``)
+``uniform(rng)``   one ``Generator.random()`` draw        ``prec + 64`` random bits from ``rng``
+``draw_from_cdf``  vectorised inverse CDF (numpy)         inverse CDF by bisection, one draw at a time
+=================  =====================================  ===========================================
 
 Cost: O(1) per operation in float64; O(M(p)) per operation at ``p`` bits in mpmath.
 """

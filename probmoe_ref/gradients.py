@@ -21,17 +21,17 @@ the first line is the estimator's bias. Every sum runs over the whole support in
 distribution's own number system (float64 with correctly rounded sums, or mpmath), then is
 rounded once to float64.
 
-==================  ===================================  ====================================
-argument            shape                                meaning
-==================  ===================================  ====================================
-``dist``            batch ``(...)``                      :class:`~probmoe_ref.ExactK` or
-                                                         :class:`~probmoe_ref.DynamicK`
-``f``               ``(n,) -> float``                    called on each 0/1 float64 mask
-``grad_f``          ``(n,) -> (n,)``                     :math:`\nabla f` at a 0/1 mask
-``v``               ``(n,)`` or ``batch + (n,)``         vector to multiply
-returns             ``batch + (n,)`` (``(k_max-k_min+1,)``  float64
-                    for size logits)
-==================  ===================================  ====================================
+================  ==============================  ==========================================
+argument          shape                           meaning
+================  ==============================  ==========================================
+``dist``          batch ``(...)``                 :class:`~probmoe_ref.ExactK` or
+                                                  :class:`~probmoe_ref.DynamicK`
+``f``             ``(n,) -> float``               called on each 0/1 float64 mask
+``grad_f``        ``(n,) -> (n,)``                :math:`\nabla f` at a 0/1 mask
+``v``             ``(n,)`` or ``batch + (n,)``    vector to multiply
+returns           ``batch + (n,)``                float64; ``batch + (k_max - k_min + 1,)``
+                                                  for the size-logit gradient
+================  ==============================  ==========================================
 
 Cost per row: O(m n) time with ``m`` the support size (plus ``m`` calls of ``f`` / ``grad_f``),
 O(m + n) memory.
