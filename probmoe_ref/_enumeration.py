@@ -25,6 +25,8 @@ from math import comb
 
 import numpy as np
 
+from ._once import once
+
 __all__ = ["EnumeratedRow", "count_subsets"]
 
 
@@ -75,6 +77,7 @@ class EnumeratedRow:
             self.log_partition = self.reference + self.log_total
             self.probs = [w / total for w in weights]
 
+    @once
     def marginals(self) -> list:
         r""":math:`m_i = \sum_{S \ni i} P(S)`, one number per expert (0 for masked experts)."""
         buckets = [[] for _ in range(self.n)]
@@ -84,6 +87,7 @@ class EnumeratedRow:
         with self.ns.context():
             return [self.ns.fsum(b) for b in buckets]
 
+    @once
     def pairwise(self) -> list:
         r""":math:`\pi_{ij} = \sum_{S \ni i, j} P(S)` as an ``n``-by-``n`` list of lists."""
         containing = [[] for _ in range(self.n)]
@@ -101,6 +105,7 @@ class EnumeratedRow:
                 out[i] = [self.ns.fsum(b) for b in buckets]
         return out
 
+    @once
     def size_probs(self) -> list:
         """:math:`P(|S| = j)` for each ``j`` in ``sizes``."""
         buckets = [[] for _ in self.sizes]

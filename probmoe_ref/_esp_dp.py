@@ -37,6 +37,7 @@ import math
 import numpy as np
 
 from ._numbers import MpMath
+from ._once import once
 
 __all__ = ["DPRow"]
 
@@ -97,11 +98,13 @@ class DPRow:
         return self.ns.fsum([self.c[r] * table_value(j - shift)
                              for r, j in enumerate(self.sizes) if 0 <= j - shift <= self.K])
 
+    @once
     def size_probs(self) -> list:
         r""":math:`P(|S| = j) = c_j e_j(w) / Z` for each ``j`` in ``sizes``."""
         with self.ns.context():
             return [v / self.Z for v in self.size_weights]
 
+    @once
     def marginals(self) -> list:
         r""":math:`m_i`, one number per expert (0 for masked experts)."""
         out = [self.ns.num(0)] * self.n
@@ -114,6 +117,7 @@ class DPRow:
                 out[i] = self.w[t] * self._band_sum(without_t, 1) / self.Z
         return out
 
+    @once
     def pairwise(self) -> list:
         r""":math:`\pi_{ij}` as an ``n``-by-``n`` list of lists (diagonal :math:`m_i`)."""
         ns, N, K = self.ns, len(self.finite), self.K
