@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from .harness import FAMILY_ALPHA, check_dynamic_k, check_exact_k
+from .harness import CHECKS, FAMILY_ALPHA, check_dynamic_k, check_exact_k
 from .report import Report, Row, _fmt
 
 __all__ = ["main"]
@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--route", type=_load, default=None, metavar="MODULE:ATTR",
                    help="route(logits, k=|k_min=,k_max=, training=True, generator=) for the "
                         "estimator check (default probmoe_fast.route for probmoe_fast's own factories)")
+    p.add_argument("--checks", nargs="+", choices=CHECKS, default=list(CHECKS), metavar="CHECK",
+                   help=f"run only these of {', '.join(CHECKS)} (levels stay those of a full run)")
     p.add_argument("--json", metavar="PATH", help="write the full report as JSON")
     p.add_argument("--all", action="store_true", help="print every row, not only failures")
     return p
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
         exact_impl, dynamic_impl = pf.ExactK, pf.DynamicK
     common = dict(quick=args.quick, seed=args.seed, device=args.device, dtype=DTYPES[args.dtype],
-                  route=route, alpha=FAMILY_ALPHA / 2)
+                  route=route, alpha=FAMILY_ALPHA / 2, checks=tuple(args.checks))
     reports = {}
     for family, fn, impl in (("exact-k", check_exact_k, exact_impl),
                              ("dynamic-k", check_dynamic_k, dynamic_impl)):

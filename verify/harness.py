@@ -28,9 +28,10 @@ from .checks import backward, estimator, sampling, values
 from .context import Context, NotApplicable
 from .report import Report, Row
 
-__all__ = ["check_exact_k", "check_dynamic_k", "FAMILY_ALPHA"]
+__all__ = ["check_exact_k", "check_dynamic_k", "FAMILY_ALPHA", "CHECKS"]
 
 FAMILY_ALPHA = 1e-3
+CHECKS = ("values", "backward", "sampling", "estimator")
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def _plan(band: bool, quick: bool, seed: int, has_route: bool) -> list[_Task]:
         tasks.append(_Task("backward", case, 0, backward.run))
         tasks.append(_Task("sampling", case, sampling.n_tests(case), sampling.run))
     for case in grid.estimator_grid(band, quick, seed):
-        tasks.append(_Task("route estimator", case, 1 if has_route else 0, estimator.run))
+        tasks.append(_Task("estimator", case, 1 if has_route else 0, estimator.run))
     return tasks
 
 
@@ -60,20 +61,28 @@ def _own_route(factory):
     return pf.route if factory in (pf.ExactK, pf.DynamicK) else None
 
 
-def _check(band: bool, factory, *, quick, seed, device, dtype, route, alpha, progress) -> Report:
+def _name(obj) -> str:
+    return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', repr(obj))}"
+
+
+def _check(band: bool, factory, *, quick, seed, device, dtype, route, alpha, checks,
+           progress) -> Report:
     if route == "auto":
         route = _own_route(factory)
+    unknown = set(checks) - set(CHECKS)
+    if unknown:
+        raise ValueError(f"unknown checks {sorted(unknown)}; choose from {CHECKS}")
     tasks = _plan(band, quick, seed, route is not None)
-    n_tests = sum(t.n_tests for t in tasks)
+    n_tests = sum(t.n_tests for t in tasks)         # the full plan's, even when checks are skipped
+    tasks = [t for t in tasks if t.check in checks]
     ctx = Context(factory=factory, route=route, device=torch.device(device), dtype=dtype,
                   seed=seed, alpha_each=alpha / max(1, n_tests), quick=quick)
     report = Report(settings={
         "family": "dynamic-k" if band else "exact-k",
-        "implementation": getattr(factory, "__module__", "?") + ":" + getattr(factory, "__qualname__", repr(factory)),
-        "route": None if route is None else getattr(route, "__module__", "?") + ":" + getattr(route, "__qualname__", "?"),
+        "implementation": _name(factory), "route": None if route is None else _name(route),
         "quick": quick, "seed": seed, "device": str(ctx.device), "dtype": str(dtype),
-        "family_alpha": alpha, "statistical_tests": n_tests, "alpha_each": ctx.alpha_each,
-        "torch": torch.__version__,
+        "checks": list(checks), "family_alpha": alpha, "statistical_tests": n_tests,
+        "alpha_each": ctx.alpha_each, "torch": torch.__version__,
     })
     start = time.perf_counter()
     for i, task in enumerate(tasks):
@@ -94,6 +103,7 @@ def _check(band: bool, factory, *, quick, seed, device, dtype, route, alpha, pro
 
 def check_exact_k(factory, *, quick: bool = False, seed: int = 0, device="cpu",
                   dtype: torch.dtype = torch.float32, route="auto", alpha: float = FAMILY_ALPHA,
+                  checks: tuple[str, ...] = CHECKS,
                   progress: Callable[[int, int, str], None] | None = None) -> Report:
     r"""Check an Exact-k implementation against :mod:`probmoe_ref`.
 
@@ -110,17 +120,21 @@ def check_exact_k(factory, *, quick: bool = False, seed: int = 0, device="cpu",
                   estimator check; ``"auto"``: ``probmoe_fast.route`` for
                   ``probmoe_fast.ExactK``, otherwise none (the check is "n/a")
     alpha         family-wise false-alarm rate of the run's statistical tests
+    checks        which of :data:`CHECKS` to run; the others are skipped, and the
+                  Bonferroni split stays that of the whole plan (same levels as a
+                  complete run)
     progress      called as ``progress(done, total, label)`` before each task
     ============  ===================================================================
 
     Returns a :class:`verify.Report`; ``report.ok`` is False iff some row failed.
     """
     return _check(False, factory, quick=quick, seed=seed, device=device, dtype=dtype,
-                  route=route, alpha=alpha, progress=progress)
+                  route=route, alpha=alpha, checks=checks, progress=progress)
 
 
 def check_dynamic_k(factory, *, quick: bool = False, seed: int = 0, device="cpu",
                     dtype: torch.dtype = torch.float32, route="auto", alpha: float = FAMILY_ALPHA,
+                    checks: tuple[str, ...] = CHECKS,
                     progress: Callable[[int, int, str], None] | None = None) -> Report:
     r"""Check a Dynamic-k implementation against :mod:`probmoe_ref`.
 
@@ -129,4 +143,4 @@ def check_dynamic_k(factory, *, quick: bool = False, seed: int = 0, device="cpu"
     and ``route(logits, k_min=, k_max=, training=True, generator=)``.
     """
     return _check(True, factory, quick=quick, seed=seed, device=device, dtype=dtype,
-                  route=route, alpha=alpha, progress=progress)
+                  route=route, alpha=alpha, checks=checks, progress=progress)

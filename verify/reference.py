@@ -16,13 +16,15 @@ function                   returns         meaning
 ``expected_surrogate``     ``(n,)`` f64    :math:`E[\nabla_\theta L]` of the routing surrogate
 =========================  ==============  ==================================================
 
-Cost: whatever the reference costs (enumeration for small n, its DP otherwise).
+Cost: whatever the reference costs (enumeration for small n, its mpmath DP otherwise; the
+covariance is :math:`O(n^2 k)` there).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import probmoe_ref as pr
+from probmoe_ref import gradients
 
 __all__ = ["rows", "marginals", "log_partition", "covariance", "support", "size_probs",
            "expected_surrogate"]
@@ -68,20 +70,22 @@ def size_probs(d) -> np.ndarray:
 
 
 def expected_surrogate(d, logits_row: np.ndarray, values: np.ndarray) -> np.ndarray:
-    r"""Exact :math:`E_z[\nabla_\theta L]` for the routing loss of DESIGN.md §2,
+    r"""Exact :math:`E[\nabla_\theta L]` for the routing loss of DESIGN.md §2,
     :math:`L = \sum_{i \in S} u_i c_i` with :math:`u = (z + m - \mathrm{sg}(m)) \odot
     \mathrm{softmax}(\theta)`:
 
-    .. math:: E[\nabla_\theta L] = \mathrm{Cov}(z)\,(m \odot s \odot c)
+    .. math:: E[\nabla_\theta L] = E_z[\mathrm{Cov}(z)\,(z \odot s \odot c)]
               + (\mathrm{diag}(s) - s s^\top)(m \odot c), \qquad s = \mathrm{softmax}(\theta).
 
-    (The first term is the straight-through path through :math:`m`, whose Jacobian is
-    :math:`\mathrm{Cov}(z)`; the second the softmax's, with :math:`E[z] = m`.)
-    Cost: :math:`O(n^2)` given the reference covariance.
+    The first term is the straight-through path through :math:`m`
+    (:func:`probmoe_ref.gradients.surrogate_grad` with :math:`\nabla f(z) = z \odot s \odot c`),
+    the second the softmax's, with :math:`E[z] = m`.
+    Cost: one enumeration of the support (small n only).
     """
-    m = marginals(d)
     finite = np.isfinite(logits_row)
     s = np.zeros_like(logits_row)
-    shifted = logits_row[finite] - logits_row[finite].max()
-    s[finite] = np.exp(shifted) / np.exp(shifted).sum()
-    return covariance(d) @ (m * s * values) + s * (m * values) - s * (s @ (m * values))
+    shifted = np.exp(logits_row[finite] - logits_row[finite].max())
+    s[finite] = shifted / shifted.sum()
+    through_m = gradients.surrogate_grad(d, lambda z: z * s * values)
+    mc = marginals(d) * values
+    return through_m + s * mc - s * (s @ mc)

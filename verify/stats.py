@@ -6,8 +6,9 @@ Every test returns a :class:`TestResult` ``(statistic, p_value, threshold)``; th
 * :func:`chi_square_gof` — Pearson's :math:`X^2 = \sum_b (O_b - N p_b)^2 / (N p_b)` of observed
   counts against exact cell probabilities.  Cells whose expected count is below
   :data:`MIN_EXPECTED` are pooled (smallest first) until every cell reaches it, so the
-  :math:`\chi^2_{B-1}` approximation holds; a cell with :math:`p_b = 0` exactly that is ever
-  observed is an impossible event and gives :math:`p = 0`.
+  :math:`\chi^2_{B-1}` approximation holds (and rare cells too few to pool on their own are also
+  tested exactly); a cell with :math:`p_b = 0` exactly that is ever observed is an impossible
+  event and gives :math:`p = 0`.
 * :func:`binomial_family` — per-expert exact two-sided binomial tests of inclusion counts
   :math:`C_i \sim \mathrm{Bin}(N, m_i)`, combined by Bonferroni over the experts:
   :math:`p = \min(1, n \cdot \min_i p_i)`.  Experts with :math:`m_i \in \{0, 1\}` are not random:
@@ -21,7 +22,8 @@ Sample sizes (:func:`chi_square_samples`): under an alternative :math:`q` with
 :math:`\mathrm{TV}(p, q) = \delta`, :math:`X^2` is approximately non-central :math:`\chi^2_{B-1}`
 with :math:`\lambda = N \sum_b (q_b - p_b)^2 / p_b \ge 4 N \delta^2` (Cauchy–Schwarz,
 :math:`\sum_b p_b = 1`).  The smallest :math:`N` with
-:math:`P(\chi^2_{B-1}(4N\delta^2) > \chi^2_{B-1, 1-\alpha}) \ge \text{power}` is returned.
+:math:`P(\chi^2_{B-1}(4N\delta^2) > \chi^2_{B-1, 1-\alpha}) \ge \text{power}` is returned;
+callers pass :math:`\alpha / 2`, the level of the χ² part when rare cells are split off.
 
 Cost: :math:`O(B)` for :math:`\chi^2`, :math:`O(n)` special-function calls for the families, and a
 scalar root-find for the sample size.
@@ -70,6 +72,11 @@ def _pool(expected: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.nd
     return np.concatenate([[acc], e[cut:]]), np.concatenate([[o[:cut].sum()], o[cut:]])
 
 
+def _two_sided_binomial(count: float, n_draws: int, p: np.ndarray | float) -> np.ndarray:
+    return np.minimum(1.0, 2.0 * np.minimum(stats.binom.cdf(count, n_draws, p),
+                                            stats.binom.sf(count - 1, n_draws, p)))
+
+
 def chi_square_gof(observed: np.ndarray, probs: np.ndarray, alpha: float) -> TestResult:
     r"""Pearson goodness of fit of ``observed`` counts to cell probabilities ``probs``.
 
@@ -80,20 +87,34 @@ def chi_square_gof(observed: np.ndarray, probs: np.ndarray, alpha: float) -> Tes
     probs    ``(B,)`` f64 exact cell probabilities, summing to 1
     alpha    scalar       level, only used to report the threshold
     ======== ============ ===========================================
+
+    When the rare cells (expected count below :data:`MIN_EXPECTED`) together still expect fewer
+    than :data:`MIN_EXPECTED`, pooling must borrow a common cell and would hide an excess in the
+    rare ones; their pooled count is then also tested exactly (two-sided binomial) and the two
+    p-values are combined by Bonferroni, :math:`p = \min(1, 2 \min(p_{\chi^2}, p_{\text{rare}}))`.
     """
     observed = np.asarray(observed, dtype=np.float64)
     probs = np.asarray(probs, dtype=np.float64)
-    n_total = observed.sum()
-    impossible = (probs == 0) & (observed > 0)
-    if impossible.any():
+    n_total = int(observed.sum())
+    if np.any((probs == 0) & (observed > 0)):
         return TestResult(float("inf"), 0.0, float("nan"), 0)
     keep = probs > 0
-    expected, obs = _pool(n_total * probs[keep], observed[keep])
-    dof = expected.size - 1
-    if dof < 1:
-        return TestResult(0.0, 1.0, float("inf"), 0)
-    stat = float(((obs - expected) ** 2 / expected).sum())
-    return TestResult(stat, float(stats.chi2.sf(stat, dof)), float(stats.chi2.isf(alpha, dof)), dof)
+    expected, obs = n_total * probs[keep], observed[keep]
+    rare = expected < MIN_EXPECTED
+    split = bool(rare.any()) and expected[rare].sum() < MIN_EXPECTED
+    pooled_e, pooled_o = _pool(expected, obs)
+    dof = pooled_e.size - 1
+    level = alpha / 2 if split else alpha
+    if dof >= 1:
+        stat = float(((pooled_o - pooled_e) ** 2 / pooled_e).sum())
+        p_value = float(stats.chi2.sf(stat, dof))
+    else:
+        stat, p_value = 0.0, 1.0
+    if split:
+        p_rare = float(_two_sided_binomial(obs[rare].sum(), n_total, probs[keep][rare].sum()))
+        p_value = min(1.0, 2.0 * min(p_value, p_rare))
+    threshold = float(stats.chi2.isf(level, dof)) if dof >= 1 else float("inf")
+    return TestResult(stat, p_value, threshold, dof)
 
 
 def binomial_family(counts: np.ndarray, n_draws: int, probs: np.ndarray, alpha: float) -> TestResult:
@@ -119,9 +140,7 @@ def binomial_family(counts: np.ndarray, n_draws: int, probs: np.ndarray, alpha: 
     if n_live == 0:
         return TestResult(0.0, 1.0, float("inf"), 0)
     c, p = counts[live], probs[live]
-    lower = stats.binom.cdf(c, n_draws, p)
-    upper = stats.binom.sf(c - 1, n_draws, p)
-    p_each = np.minimum(1.0, 2.0 * np.minimum(lower, upper))
+    p_each = _two_sided_binomial(c, n_draws, p)
     z = np.abs(c - n_draws * p) / np.sqrt(n_draws * p * (1 - p))
     p_value = float(min(1.0, n_live * p_each.min()))
     threshold = float(stats.norm.isf(alpha / (2 * n_live)))

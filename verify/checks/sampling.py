@@ -11,8 +11,9 @@ stays bounded), taken on one generator seeded from the run seed:
 * ``subset frequencies`` (statistical, small cases, one per batch row that is not a point mass):
   Pearson χ² over every subset of the support (:func:`verify.stats.chi_square_gof`).  ``N`` is the
   smallest count giving power :data:`POWER` against any sampler at total variation :data:`TV`
-  at the row's level (:func:`verify.stats.chi_square_samples`), e.g. 84 000 draws for the 70
-  subsets of n = 8, k = 4 at level 1e-5.
+  at half the row's level (:func:`verify.stats.chi_square_samples`; the half is the χ² part's
+  share when rare cells are tested apart, :func:`verify.stats.chi_square_gof`), e.g. about
+  88 000 draws for the 70 subsets of n = 8, k = 4 at a row level of 1e-5.
 * ``expert frequencies`` (statistical, large cases): per-expert exact binomial tests of inclusion
   counts against the reference marginals, Bonferroni over experts; with ``N`` draws it detects a
   marginal off by :math:`(z_{\alpha/2n} + z_{1-10^{-3}}) \sqrt{m(1-m)/N}` with power 0.999
@@ -124,11 +125,13 @@ def _stat_row(check: str, case, b: int, res: stats.TestResult, alpha: float, det
 
 
 def _n_draws(ctx, case) -> int:
+    # alpha / 2: the chi-square part's level when rare cells are tested apart (stats.chi_square_gof)
     if case.is_small:
-        return stats.chi_square_samples(case.n_subsets, ctx.alpha_each, TV, POWER)
+        return stats.chi_square_samples(case.n_subsets, ctx.alpha_each / 2, TV, POWER)
     if case.is_band:
         n_sizes = case.k_max - case.k_min + 2          # the band's sizes and "outside"
-        return max(LARGE_SAMPLES[ctx.quick], stats.chi_square_samples(n_sizes, ctx.alpha_each, TV, POWER))
+        return max(LARGE_SAMPLES[ctx.quick],
+                   stats.chi_square_samples(n_sizes, ctx.alpha_each / 2, TV, POWER))
     return LARGE_SAMPLES[ctx.quick]
 
 
