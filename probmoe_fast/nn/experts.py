@@ -74,6 +74,19 @@ def grouped_mm_supported(device: torch.device, dtype: torch.dtype, d_model: int,
     return (d_model * itemsize) % 16 == 0 and (d_ff * itemsize) % 16 == 0
 
 
+class _DenseGrad(torch.autograd.Function):
+    """Identity whose backward hands on a contiguous gradient: ``grouped_mm``'s CPU backward
+    rejects the stride-0 (expanded) gradients that e.g. ``y.sum().backward()`` produces."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
 class ExpertBank(nn.Module):
     r"""``E`` gated MLP experts in fused 3-D parameters, applied to expert-sorted tokens.
 
@@ -137,7 +150,7 @@ class ExpertBank(nn.Module):
         x = x.to(dtype)
         h = F.grouped_mm(x, self.gate_up.to(dtype).transpose(1, 2), offs=offs)
         h = _glu(h, self.activation, self.d_ff)
-        return F.grouped_mm(h, self.down.to(dtype).transpose(1, 2), offs=offs)
+        return _DenseGrad.apply(F.grouped_mm(h, self.down.to(dtype).transpose(1, 2), offs=offs))
 
     def _loop(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         outs = []

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from probmoe_fast.nn import ProbMoE
+from probmoe_fast.nn import ExpertBank, ProbMoE
 
 T, D_MODEL, D_FF, E = 12, 8, 6, 5
 _ACT = {"swiglu": F.silu, "geglu": F.gelu}
@@ -210,3 +210,32 @@ def test_module_conventions():
 def test_bad_configuration_raises(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ProbMoE(8, 4, 5, **kwargs)
+
+
+@pytest.mark.parametrize("counts", [
+    [10, 0, 15, 5],   # an expert with no tokens in the middle
+    [0, 0, 0, 0],     # nothing dispatched at all
+    [0, 0, 0, 30],    # everything on the last expert
+])
+def test_expert_bank_paths_agree_under_an_expanded_gradient(counts):
+    # y.sum().backward() sends a stride-0 gradient, which grouped_mm's CPU backward rejects raw.
+    torch.manual_seed(0)
+    grouped = ExpertBank(4, 16, 8, path="grouped")
+    loop = ExpertBank(4, 16, 8, path="loop")
+    loop.load_state_dict(grouped.state_dict())
+    x = torch.randn(sum(counts), 16, requires_grad=True)
+    results = []
+    for bank in (grouped, loop):
+        y = bank(x, torch.tensor(counts))
+        assert y.shape == (sum(counts), 16)
+        if y.requires_grad:
+            y.sum().backward()
+        results.append((y.detach(), None if x.grad is None else x.grad.clone(),
+                        bank.gate_up.grad, bank.down.grad))
+        x.grad = None
+    for a, b in zip(*results):
+        if a is None or b is None:
+            assert a is None or torch.count_nonzero(a) == 0
+            assert b is None or torch.count_nonzero(b) == 0
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
