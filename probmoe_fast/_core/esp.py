@@ -1,0 +1,120 @@
+r"""Batched log elementary symmetric polynomials :math:`\log e_j(e^{\theta - c})` of a band of
+levels, exact at any logit spread, with the tables the sampler reuses.
+
+Each row is shifted by its largest finite logit :math:`c` (detached: :math:`\log e_j` depends on it
+only through the exact identity :math:`\log e_j(e^{\theta}) = jc + \log e_j(e^{\theta - c})`),
+so every weight :math:`e^{\theta_l - c} \le 1` and no table entry can overflow. Then:
+
+* **plain** (fast, every row): the linear-space table of
+  :func:`~probmoe_fast._core.prefix.prefix_tables` in expert order. A row is kept when each band
+  level it can fill (:math:`j \le` its finite count) has :math:`Q_j(n) \ge e^{-b}`
+  (:math:`b` = 20 in float32, 200 in float64). Then every product that underflows is below
+  :math:`e^{-87+b}` relative to the level it feeds, and the derivatives of :math:`\log Q_j(n)`
+  up to third order (:math:`Q^{-1}, Q^{-2}, Q^{-3}`, met in backward and double backward) stay
+  representable. Levels below the bar are cut out of the graph (:math:`\log 1`), so they send no
+  gradient at all.
+* **sorted** (any spread) for the rows that fail: the experts are sorted once and each level is
+  normalised by the product of the top weights, so every entry lies in
+  :math:`[1, \binom{n}{j}]`.
+
+=================  ====================  ==================================================
+name               shape                 meaning
+=================  ====================  ==================================================
+``theta``          ``(T, n)``            float32 / float64 logits, :math:`-\infty` = masked
+``log_e``          ``(T, k_max-k_min+1)`` :math:`\log e_j(e^{\theta - c})`, :math:`-\infty`
+                                         where :math:`e_j = 0` (fewer finite logits than j)
+``shift``          ``(T,)``              :math:`c`, detached
+``tables``         ``k_max+1`` × (T, n)  normalised prefix levels in table order (detached)
+``order``          ``(T, n)`` int64      table position -> expert index
+=================  ====================  ==================================================
+
+Cost: :math:`O(T n k_{\max})` time and transient memory, plus an :math:`O(n \log n)` sort for the
+wide rows only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from .prefix import prefix_tables
+
+__all__ = ["ESP", "log_esp"]
+
+#: Smallest kept plain-table level is exp(-b), per math dtype (see the module docstring).
+_FLOOR = {torch.float32: 20.0, torch.float64: 200.0}
+
+
+class ESP(NamedTuple):
+    log_e: torch.Tensor
+    shift: torch.Tensor
+    tables: list[torch.Tensor]
+    order: torch.Tensor
+
+
+def _finite_max(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row max finite logit (0 for a row with none) and the finite count."""
+    finite = torch.isfinite(theta)
+    hi = torch.where(finite, theta, -math.inf).amax(dim=-1)
+    return torch.where(finite.any(dim=-1), hi, torch.zeros_like(hi)), finite.sum(-1)
+
+
+def _log_levels(last: torch.Tensor, keep: torch.Tensor, offsets: torch.Tensor | None,
+                k_min: int, k_max: int) -> torch.Tensor:
+    """``log(Q_j(n)) + R_j`` for j in the band where ``keep``, else a real -inf (NaN-free)."""
+    logs = torch.log(torch.where(keep, last, torch.ones_like(last)))
+    if offsets is not None:
+        logs = logs + offsets[:, k_min:k_max + 1]
+    return torch.where(keep, logs, torch.full_like(logs, -math.inf))
+
+
+def _band_last(levels: list[torch.Tensor], k_min: int, k_max: int) -> torch.Tensor:
+    """``(T, L)``: :math:`Q_j(n)` for j in the band."""
+    return torch.stack([levels[j][:, -1] for j in range(k_min, k_max + 1)], dim=-1)
+
+
+def _sorted(theta: torch.Tensor, shift: torch.Tensor, n_finite: torch.Tensor, k_min: int,
+            k_max: int):
+    x = theta - shift[:, None]
+    order = torch.sort(x.detach(), dim=-1, descending=True, stable=True).indices
+    xs = x.gather(-1, order)
+    if k_max == 0:
+        levels = [torch.ones_like(xs)]
+        last = _band_last(levels, 0, 0)
+        return _log_levels(last, last > 0, None, 0, 0), levels, order
+    top = xs.detach()
+    # rho_j = x_(min(j, n_finite)): the j-th largest finite logit (the last finite one beyond).
+    ref = (torch.arange(k_max, device=theta.device) + 1).clamp(max=theta.shape[-1])
+    ref = torch.minimum(ref[None, :], n_finite.clamp(min=1)[:, None]) - 1
+    rho = top.gather(-1, ref)
+    rho = torch.where(torch.isfinite(rho), rho, torch.zeros_like(rho))
+    offsets = torch.nn.functional.pad(torch.cumsum(rho, dim=-1), (1, 0))
+    levels = prefix_tables(xs, k_max, rho)
+    last = _band_last(levels, k_min, k_max)
+    return _log_levels(last, last.detach() > 0, offsets, k_min, k_max), levels, order
+
+
+def log_esp(theta: torch.Tensor, k_min: int, k_max: int) -> ESP:
+    r"""Log ESP of levels ``k_min..k_max`` for ``theta`` ``(T, n)``; see the module docstring."""
+    n_rows, n = theta.shape
+    with torch.no_grad():
+        shift, n_finite = _finite_max(theta)
+    levels = prefix_tables(theta - shift[:, None], k_max)
+    last = _band_last(levels, k_min, k_max)
+    with torch.no_grad():
+        fillable = torch.arange(k_min, k_max + 1, device=theta.device) <= n_finite[:, None]
+        keep = last >= math.exp(-_FLOOR[theta.dtype])
+        plain = (keep | ~fillable).all(dim=-1)
+    log_e = _log_levels(last, keep, None, k_min, k_max)
+    order = torch.arange(n, device=theta.device).expand(n_rows, n)
+    tables = [q.detach() for q in levels]
+    if bool(plain.all()):
+        return ESP(log_e, shift, tables, order)
+    rows = (~plain).nonzero().squeeze(-1)
+    log_e_s, levels_s, order_s = _sorted(theta[rows], shift[rows], n_finite[rows], k_min, k_max)
+    log_e = log_e.index_put((rows,), log_e_s)
+    tables = [q.index_put((rows,), q_s.detach()) for q, q_s in zip(tables, levels_s)]
+    order = order.index_put((rows,), order_s)
+    return ESP(log_e, shift, tables, order)

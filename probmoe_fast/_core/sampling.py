@@ -1,0 +1,77 @@
+r"""Exact subset sampling by backward sampling over the prefix table.
+
+In table order, the largest position :math:`i^*` of a size-:math:`j` subset drawn from the first
+:math:`b` experts has
+
+.. math::
+
+    P(i^* = i) = \frac{w_i\, E_{j-1}(i-1)}{E_j(b)}, \qquad i \le b,
+
+and these numerators are exactly the increments of level :math:`j`'s cumulative sum, so
+:math:`P(i^* \le i) = Q_j(i) / Q_j(b)` (the normaliser :math:`e^{R_j}` cancels). Given
+:math:`i^*`, the rest is a size-:math:`(j-1)` subset of the first :math:`i^* - 1` experts. A draw
+is therefore :math:`j` inverse-CDF steps: :math:`u \sim U(0, 1]`, :math:`i^*` = the first position
+with :math:`Q_j(i) \ge u\, Q_j(b)` (a ``searchsorted``).
+
+Why a zero-weight (masked) expert is never chosen: its increment is exactly 0, so the first
+position reaching the target never sits on it unless the target is :math:`\le 0`; :math:`u > 0`
+(``1 - rand``) and :math:`u\,Q_j(b) \le Q_j(b)` in floating point (:math:`u \le 1`), so the found
+position is :math:`\le b` and has a positive increment.
+
+=============  ======================  ==============================================
+name           shape                   meaning
+=============  ======================  ==============================================
+``tables``     ``K+1`` × ``(T, n)``    prefix levels :math:`Q_0..Q_K` in table order
+``order``      ``(T, n)`` int64        table position -> expert index
+``sizes``      ``(R,)`` int64          subset size per draw, :math:`R = S\,T`, draw r uses row r mod T
+returns        ``(R, n)``              0/1 masks in expert order, the tables' dtype
+=============  ======================  ==============================================
+
+Cost: :math:`O(R\,K \log n)` time after the :math:`O(TnK)` table, :math:`O(Rn)` memory;
+``K`` Python-level steps. Randomness only from ``generator``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["sample_subsets", "inverse_cdf"]
+
+
+def _uniform_open_closed(shape, generator, like: torch.Tensor) -> torch.Tensor:
+    """Uniform on (0, 1]: ``1 - U[0, 1)`` never returns 0."""
+    return 1.0 - torch.rand(shape, generator=generator, dtype=like.dtype, device=like.device)
+
+
+def inverse_cdf(cumulative: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    r"""First index ``i`` with ``cumulative[r, i] >= u[r] * cumulative[r, -1]`` for ``u`` in
+    (0, 1]; never an index whose increment is 0. ``cumulative`` ``(R, m)`` nondecreasing."""
+    target = (u * cumulative[:, -1]).unsqueeze(-1)
+    return torch.searchsorted(cumulative, target).squeeze(-1)
+
+
+def sample_subsets(tables: list[torch.Tensor], order: torch.Tensor, sizes: torch.Tensor,
+                   generator: torch.Generator | None) -> torch.Tensor:
+    r"""One exact subset per entry of ``sizes``; see the module docstring."""
+    n_rows, n = order.shape
+    n_draws = sizes.shape[0]
+    stacked = torch.stack(tables, dim=1)  # (T, K+1, n)
+    source = torch.arange(n_draws, device=order.device) % n_rows
+    remaining = sizes.clone()
+    bound = torch.full_like(sizes, n)  # the next member sits at a position < bound
+    chosen = torch.zeros(n_draws, n, dtype=torch.bool, device=order.device)
+    u = _uniform_open_closed((max(len(tables) - 1, 0), n_draws), generator, stacked)
+    for step in range(len(tables) - 1):
+        active = remaining > 0
+        if not bool(active.any()):
+            break
+        level = stacked[source, remaining.clamp(min=0)]  # (R, n)
+        # restrict each row to its first `bound` positions by reading its CDF up to there
+        total = level.gather(-1, (bound - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        target = (u[step] * total).unsqueeze(-1)
+        position = torch.searchsorted(level, target).squeeze(-1).clamp(max=n - 1)
+        chosen[active, position[active]] = True
+        bound = torch.where(active, position, bound)
+        remaining = remaining - active.long()
+    mask = torch.zeros(n_draws, n, dtype=stacked.dtype, device=order.device)
+    return mask.scatter_(-1, order[source], chosen.to(stacked.dtype))

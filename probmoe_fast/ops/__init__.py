@@ -1,0 +1,1 @@
+r"""Autograd Functions over the pure tensor math of :mod:`probmoe_fast._core`."""
