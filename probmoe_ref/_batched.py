@@ -53,7 +53,7 @@ ENUMERATION_LIMIT_MP = 20_000
 #: Working digits of the DP when ``precision is None`` (results are then rounded to float64).
 DP_DEFAULT_DIGITS = 30
 #: ``enumerate_support()`` refuses to list more subsets than this.
-SUPPORT_LIMIT = 1_000_000
+SUPPORT_LIMIT = 200_000
 
 _ALGORITHMS = ("auto", "enumerate", "dp")
 
