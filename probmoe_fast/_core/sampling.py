@@ -55,23 +55,34 @@ def sample_subsets(tables: list[torch.Tensor], order: torch.Tensor, sizes: torch
     r"""One exact subset per entry of ``sizes``; see the module docstring."""
     n_rows, n = order.shape
     n_draws = sizes.shape[0]
-    stacked = torch.stack(tables, dim=1)  # (T, K+1, n)
-    source = torch.arange(n_draws, device=order.device) % n_rows
+    n_steps = len(tables) - 1
+    same_size = n_draws == n_rows and bool((sizes == n_steps).all())
+    if same_size:  # Exact-k, one draw per row: every draw reads the same level at each step
+        source = None
+    else:
+        stacked = torch.stack(tables, dim=1)  # (T, K+1, n)
+        source = torch.arange(n_draws, device=order.device) % n_rows
     remaining = sizes.clone()
     bound = torch.full_like(sizes, n)  # the next member sits at a position < bound
-    chosen = torch.zeros(n_draws, n, dtype=torch.bool, device=order.device)
-    u = _uniform_open_closed((max(len(tables) - 1, 0), n_draws), generator, stacked)
-    for step in range(len(tables) - 1):
-        active = remaining > 0
-        if not bool(active.any()):
-            break
-        level = stacked[source, remaining.clamp(min=0)]  # (R, n)
+    chosen = torch.zeros(n_draws, n, dtype=tables[0].dtype, device=order.device)
+    u = _uniform_open_closed((n_steps, n_draws), generator, tables[0])
+    for step in range(n_steps):
+        if source is None:
+            level = tables[n_steps - step]
+            active = None
+        else:
+            active = remaining > 0
+            if not bool(active.any()):
+                break
+            level = stacked[source, remaining.clamp(min=0)]  # (R, n)
         # restrict each row to its first `bound` positions by reading its CDF up to there
-        total = level.gather(-1, (bound - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        target = (u[step] * total).unsqueeze(-1)
-        position = torch.searchsorted(level, target).squeeze(-1).clamp(max=n - 1)
-        chosen[active, position[active]] = True
-        bound = torch.where(active, position, bound)
-        remaining = remaining - active.long()
-    mask = torch.zeros(n_draws, n, dtype=stacked.dtype, device=order.device)
-    return mask.scatter_(-1, order[source], chosen.to(stacked.dtype))
+        total = level.gather(-1, (bound - 1).clamp(min=0).unsqueeze(-1))
+        position = torch.searchsorted(level, u[step].unsqueeze(-1) * total).clamp(max=n - 1)
+        if active is None:
+            chosen.scatter_(-1, position, 1.0)
+            bound = position.squeeze(-1)
+        else:
+            chosen.scatter_add_(-1, position, active.to(chosen.dtype).unsqueeze(-1))
+            bound = torch.where(active, position.squeeze(-1), bound)
+            remaining = remaining - active.long()
+    return torch.zeros_like(chosen).scatter_(-1, order if source is None else order[source], chosen)

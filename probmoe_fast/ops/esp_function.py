@@ -48,7 +48,7 @@ from .._core.esp import log_esp
 from .._core.partition import log_partition, size_probs
 from .._core.sampling import inverse_cdf, sample_subsets
 
-__all__ = ["esp_forward", "ESPFunction"]
+__all__ = ["esp_forward", "ESPFunction", "draw_samples"]
 
 
 def _marginals_graph(theta, size_logits, k_min, k_max, create_graph):
@@ -61,7 +61,8 @@ def _marginals_graph(theta, size_logits, k_min, k_max, create_graph):
     return esp, m
 
 
-def _draw(esp, size_logits, k_min, k_max, n_samples, generator):
+def draw_samples(esp, size_logits, k_min, k_max, n_samples, generator):
+    r"""``n_samples`` exact draws per row from ``esp``'s tables: ``(n_samples * T, n)``."""
     n_rows = esp.order.shape[0]
     if k_min == k_max:
         sizes = torch.full((n_samples * n_rows,), k_min, dtype=torch.long, device=esp.order.device)
@@ -86,7 +87,7 @@ class ESPFunction(torch.autograd.Function):
             esp, m = _marginals_graph(leaf, None if size_logits is None else size_logits.detach(),
                                       k_min, k_max, create_graph=False)
         if n_samples > 0:
-            sample = _draw(esp, size_logits, k_min, k_max, n_samples, generator)
+            sample = draw_samples(esp, size_logits, k_min, k_max, n_samples, generator)
         else:
             sample = theta.new_empty(0)
         ctx.save_for_backward(theta, size_logits)

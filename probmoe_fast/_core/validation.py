@@ -1,0 +1,90 @@
+r"""DESIGN.md §5 input checks: each raises ``ValueError`` naming the problem and the first
+offending batch index (a tuple over ``batch_shape``).
+
+Cost: :math:`O(\text{numel})` elementwise reductions and one host sync per check.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["check_logits", "check_exact_k", "check_band", "check_enough_finite",
+           "check_size_logits", "check_mask"]
+
+
+def _first_index(bad: torch.Tensor) -> tuple[int, ...]:
+    """Batch index (tuple) of the first ``True`` in ``bad`` (shape ``batch_shape``)."""
+    flat = int(bad.reshape(-1).nonzero()[0, 0])
+    index = []
+    for size in reversed(bad.shape):
+        index.append(flat % size)
+        flat //= size
+    return tuple(reversed(index))
+
+
+def check_logits(logits: torch.Tensor) -> None:
+    """No NaN and no +inf (−inf marks a masked expert)."""
+    if logits.dim() < 1 or logits.shape[-1] < 1:
+        raise ValueError(f"logits must have shape (..., n) with n >= 1, got {tuple(logits.shape)}")
+    bad = (torch.isnan(logits) | torch.isposinf(logits)).any(dim=-1)
+    if bool(bad.any()):
+        raise ValueError(f"logits contain NaN or +inf at batch index {_first_index(bad)}")
+
+
+def check_exact_k(k, n: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise ValueError(f"k must be an int, got {k!r}")
+    if not 0 <= k <= n:
+        raise ValueError(f"k must satisfy 0 <= k <= n = {n}, got k={k}")
+
+
+def check_band(k_min, k_max, n: int) -> None:
+    for name, value in (("k_min", k_min), ("k_max", k_max)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an int, got {value!r}")
+    if not 1 <= k_min <= k_max <= n:
+        raise ValueError(f"need 1 <= k_min <= k_max <= n = {n}, got k_min={k_min}, k_max={k_max}")
+
+
+def check_enough_finite(logits: torch.Tensor, k: int, name: str = "k") -> None:
+    """Every row has at least ``k`` finite logits."""
+    n_finite = torch.isfinite(logits).sum(dim=-1)
+    bad = n_finite < k
+    if bool(bad.any()):
+        index = _first_index(bad)
+        raise ValueError(f"batch index {index} has {int(n_finite[index])} finite logits, "
+                         f"fewer than {name}={k}")
+
+
+def check_size_logits(size_logits: torch.Tensor, batch_shape: torch.Size, n_sizes: int) -> None:
+    """``size_logits`` broadcasts to ``batch_shape + (n_sizes,)`` and has no NaN or +inf."""
+    if size_logits.dim() < 1 or size_logits.shape[-1] != n_sizes:
+        raise ValueError(f"size_logits must have last dimension k_max - k_min + 1 = {n_sizes}, "
+                         f"got shape {tuple(size_logits.shape)}")
+    try:
+        torch.broadcast_shapes(size_logits.shape[:-1], batch_shape)
+    except RuntimeError:
+        raise ValueError(f"size_logits batch shape {tuple(size_logits.shape[:-1])} does not "
+                         f"broadcast to the logits' batch shape {tuple(batch_shape)}") from None
+    bad = (torch.isnan(size_logits) | torch.isposinf(size_logits)).any(dim=-1)
+    if bool(bad.any()):
+        raise ValueError(f"size_logits contain NaN or +inf at batch index {_first_index(bad)}")
+
+
+def check_mask(mask: torch.Tensor, batch_shape: torch.Size, n: int, k_min: int,
+               k_max: int) -> None:
+    """A 0/1 mask ``(*sample_shape, *batch_shape, n)`` whose counts lie in ``[k_min, k_max]``."""
+    event = tuple(batch_shape) + (n,)
+    if mask.dim() < len(event) or tuple(mask.shape[mask.dim() - len(event):]) != event:
+        raise ValueError(f"mask must have shape (*sample_shape, {', '.join(map(str, event))}), "
+                         f"got {tuple(mask.shape)}")
+    not_binary = ((mask != 0) & (mask != 1)).any(dim=-1)
+    if bool(not_binary.any()):
+        raise ValueError(f"mask has entries other than 0 and 1 at index {_first_index(not_binary)}")
+    counts = mask.sum(dim=-1)
+    bad = (counts < k_min) | (counts > k_max)
+    if bool(bad.any()):
+        index = _first_index(bad)
+        want = f"k={k_min}" if k_min == k_max else f"a count in [{k_min}, {k_max}]"
+        raise ValueError(f"mask at index {index} selects {int(counts[index])} experts, "
+                         f"expected {want}")

@@ -1,0 +1,249 @@
+r"""``torch.distributions`` front end: :class:`ExactK` and :class:`DynamicK` (DESIGN.md §1, §4).
+
+For logits :math:`\theta \in (\mathbb R \cup \{-\infty\})^n` per batch element:
+
+.. math::
+
+    \text{Exact-k:}\;\; P(S) = \frac{\prod_{i \in S} e^{\theta_i}}{e_k(e^{\theta})},\; |S| = k;
+    \qquad
+    \text{band:}\;\; P(S) \propto e^{\phi_{|S|}} \prod_{i \in S} e^{\theta_i},\;
+    k_{\min} \le |S| \le k_{\max}.
+
+Samples are 0/1 float masks of shape ``(*sample_shape, *batch_shape, n)``.
+
+=========================  ==========================  ===========================================
+member                     shape                       meaning / cost per row
+=========================  ==========================  ===========================================
+``log_partition``          ``batch_shape``             :math:`\log Z`; :math:`O(nK)`
+``marginals`` / ``mean``   ``batch_shape + (n,)``      :math:`m = \nabla_\theta \log Z`;
+                                                       backward :math:`\mathrm{Cov}(z)v` in
+                                                       :math:`O(nK)`, twice differentiable
+``variance``               ``batch_shape + (n,)``      :math:`m(1-m)`
+``size_probs``             ``batch_shape + (L,)``      :math:`P(|S| = j)`, DynamicK only
+``entropy()``              ``batch_shape``             :math:`H(|S|) + \sum_j p_j \ell_j -
+                                                       \sum_i m_i (\theta_i - c)`; :math:`O(nK)`
+``log_prob(mask)``         ``sample_shape+batch``      :math:`\sum_{i\in S}\theta_i +
+                                                       \phi_{|S|} - \log Z`; :math:`O(n)`
+``sample(shape, gen)``     ``shape+batch+(n,)``        exact; :math:`O(nK + K\log n)` per draw
+``rsample(shape, gen)``    ``shape+batch+(n,)``        :math:`z + m - \mathrm{sg}(m)`
+``mode``                   ``batch_shape + (n,)``      MAP mask (§1 tie-breaks); :math:`O(n\log n)`
+``pairwise_marginals()``   ``batch_shape + (n, n)``    :math:`P(i, j \in S)`; :math:`O(n^2 K)`
+``covariance_matrix``      ``batch_shape + (n, n)``    :math:`\pi - m m^\top`; :math:`O(n^2 K)`
+=========================  ==========================  ===========================================
+
+:math:`\ell_j = \log e_j(e^{\theta - c})` with :math:`c` the row's largest finite logit, and
+:math:`K = k` (Exact-k) or :math:`k_{\max}`. Half/bfloat16 logits are accepted; the math runs in
+float32 (float64 stays float64) and results come back in that dtype. ``validate_args`` follows
+``torch.distributions`` (default: ``Distribution._validate_args``); DESIGN.md §5 errors are
+``ValueError`` naming the offending batch index. ``backend``: "auto" | "torch" | "triton".
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.distributions import Distribution, constraints
+
+from ._core import validation
+from ._core.mode import mode_mask
+from ._core.partition import size_scores
+from .ops.backend import resolve_backend
+from .ops.batched import esp_stats, math_dtype, sample, sample_and_marginals
+from .ops.pairwise import pairwise_marginals as _pairwise
+
+__all__ = ["ExactK", "DynamicK"]
+
+
+class _Subsets(constraints.Constraint):
+    r"""0/1 vectors of length ``n`` with ``k_min <= sum <= k_max``."""
+
+    is_discrete = True
+    event_dim = 1
+
+    def __init__(self, n: int, k_min: int, k_max: int):
+        self.n, self.k_min, self.k_max = n, k_min, k_max
+        super().__init__()
+
+    def check(self, value):
+        binary = ((value == 0) | (value == 1)).all(dim=-1)
+        count = value.sum(dim=-1)
+        return binary & (count >= self.k_min) & (count <= self.k_max) & (value.shape[-1] == self.n)
+
+
+class _SubsetDistribution(Distribution):
+    r"""Shared implementation; a band ``k_min..k_max`` (Exact-k: ``k_min == k_max``)."""
+
+    has_rsample = True
+
+    def __init__(self, logits, k_min, k_max, size_logits, validate_args, backend):
+        self.backend = backend
+        resolve_backend(backend)
+        validate = Distribution._validate_args if validate_args is None else validate_args
+        if validate:
+            validation.check_logits(logits)
+            validation.check_enough_finite(logits, k_min, "k" if k_min == k_max else "k_min")
+        self.logits = logits.to(math_dtype(logits.dtype))
+        self.k_min, self.k_max = k_min, k_max
+        batch_shape = self.logits.shape[:-1]
+        if size_logits is not None:
+            if validate:
+                validation.check_size_logits(size_logits, batch_shape, k_max - k_min + 1)
+            size_logits = size_logits.to(self.logits.dtype).expand(*batch_shape, k_max - k_min + 1)
+        self.size_logits = size_logits
+        self._cache = {}
+        super().__init__(batch_shape, self.logits.shape[-1:], validate_args=validate_args)
+
+    @property
+    def arg_constraints(self):
+        args = {"logits": constraints.real_vector}
+        if self.size_logits is not None:
+            args["size_logits"] = constraints.real_vector
+        return args
+
+    @property
+    def support(self):
+        return _Subsets(self.logits.shape[-1], self.k_min, self.k_max)
+
+    # --- exact statistics (one DP, cached per instance) -------------------------------------
+    def _stats(self):
+        if "stats" not in self._cache:
+            self._cache["stats"] = esp_stats(self.logits, self.k_min, self.k_max,
+                                             self.size_logits, self.backend)
+        return self._cache["stats"]
+
+    def _scores(self):
+        log_e, shift, _ = self._stats()
+        return size_scores(log_e, shift, self.k_min, self.size_logits)
+
+    @property
+    def log_partition(self) -> torch.Tensor:
+        return torch.logsumexp(self._scores(), dim=-1)
+
+    @property
+    def marginals(self) -> torch.Tensor:
+        return self._stats()[2]
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.marginals
+
+    @property
+    def variance(self) -> torch.Tensor:
+        m = self.marginals
+        return m * (1 - m)
+
+    @property
+    def mode(self) -> torch.Tensor:
+        return mode_mask(self.logits, self.k_min, self.k_max, self.size_logits)
+
+    def entropy(self) -> torch.Tensor:
+        log_e, shift, m = self._stats()
+        log_p = torch.log_softmax(self._scores(), dim=-1)
+        p = log_p.exp()
+        finite_levels = torch.isfinite(log_e)
+        size_entropy = -(p * torch.where(finite_levels, log_p, torch.zeros_like(log_p))).sum(-1)
+        level_term = (p * torch.where(finite_levels, log_e, torch.zeros_like(log_e))).sum(-1)
+        finite = torch.isfinite(self.logits)
+        x = torch.where(finite, self.logits - shift.unsqueeze(-1), torch.zeros_like(self.logits))
+        return size_entropy + level_term - (m * x).sum(-1)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            validation.check_mask(value, self.batch_shape, self.logits.shape[-1], self.k_min,
+                                  self.k_max)
+        log_e, shift, _ = self._stats()
+        value = value.to(self.logits.dtype)
+        selected = torch.where(value > 0, self.logits - shift.unsqueeze(-1),
+                               torch.zeros_like(self.logits)).sum(-1)
+        count = value.sum(-1)
+        # log Z - |S| c, kept small: logsumexp_j(phi_j + (j - |S|) c + l_j)
+        sizes = torch.arange(self.k_min, self.k_max + 1, device=value.device, dtype=value.dtype)
+        scores = log_e + (sizes - count.unsqueeze(-1)) * shift.unsqueeze(-1)
+        size_term = torch.zeros_like(count)
+        if self.size_logits is not None:
+            scores = scores + self.size_logits
+            index = (count.long() - self.k_min).clamp(0, self.k_max - self.k_min)
+            phi = self.size_logits.expand(*count.shape, self.k_max - self.k_min + 1)
+            size_term = phi.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+        log_p = selected + size_term - torch.logsumexp(scores, dim=-1)
+        in_band = (count >= self.k_min) & (count <= self.k_max)
+        return torch.where(in_band, log_p, torch.full_like(log_p, float("-inf")))
+
+    # --- sampling ----------------------------------------------------------------------------
+    def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None):
+        return sample(self.logits.detach(), self.k_min, self.k_max,
+                      None if self.size_logits is None else self.size_logits.detach(),
+                      sample_shape, generator, self.backend)
+
+    def rsample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None):
+        r"""Straight-through sample :math:`z + m - \mathrm{sg}(m)`: value ``z``, gradient
+        through the exact marginals."""
+        z, m = sample_and_marginals(self.logits, self.k_min, self.k_max, self.size_logits,
+                                    sample_shape, generator, self.backend)
+        return z + (m - m.detach())
+
+    # --- second moments ----------------------------------------------------------------------
+    def pairwise_marginals(self) -> torch.Tensor:
+        n = self.logits.shape[-1]
+        theta = self.logits.reshape(-1, n)
+        phi = None if self.size_logits is None else self.size_logits.reshape(theta.shape[0], -1)
+        pair = _pairwise(theta, self.k_min, self.k_max, phi, self.marginals.reshape(-1, n))
+        return pair.reshape(*self.batch_shape, n, n)
+
+    @property
+    def covariance_matrix(self) -> torch.Tensor:
+        m = self.marginals
+        return self.pairwise_marginals() - m.unsqueeze(-1) * m.unsqueeze(-2)
+
+    def _expanded(self, cls, batch_shape, _instance):
+        new = self._get_checked_instance(cls, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.logits = self.logits.expand(batch_shape + self.logits.shape[-1:])
+        new.k_min, new.k_max, new.backend = self.k_min, self.k_max, self.backend
+        new.size_logits = None if self.size_logits is None else self.size_logits.expand(
+            batch_shape + self.size_logits.shape[-1:])
+        new._cache = {}
+        Distribution.__init__(new, batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+
+class ExactK(_SubsetDistribution):
+    r"""Exact-k subsets: :math:`P(S) \propto \prod_{i\in S} e^{\theta_i}`, :math:`|S| = k`.
+
+    ``logits`` ``(..., n)`` (any float dtype, :math:`-\infty` = unavailable expert), ``k`` int in
+    ``[0, n]``. See the module docstring for members, shapes and costs.
+    """
+
+    def __init__(self, logits: torch.Tensor, k: int, validate_args: bool | None = None,
+                 backend: str = "auto"):
+        validation.check_exact_k(k, logits.shape[-1])
+        self.k = k
+        super().__init__(logits, k, k, None, validate_args, backend)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._expanded(ExactK, batch_shape, _instance)
+        new.k = self.k
+        return new
+
+
+class DynamicK(_SubsetDistribution):
+    r"""Band subsets: :math:`P(S) \propto e^{\phi_{|S|}}\prod_{i\in S} e^{\theta_i}`,
+    :math:`k_{\min} \le |S| \le k_{\max}`.
+
+    ``logits`` ``(..., n)``; ``1 <= k_min <= k_max <= n``; ``size_logits`` ``(..., L)`` with
+    :math:`L = k_{\max} - k_{\min} + 1` (broadcast over the batch) or None (:math:`\phi = 0`).
+    See the module docstring for members, shapes and costs.
+    """
+
+    def __init__(self, logits: torch.Tensor, k_min: int, k_max: int,
+                 size_logits: torch.Tensor | None = None, validate_args: bool | None = None,
+                 backend: str = "auto"):
+        validation.check_band(k_min, k_max, logits.shape[-1])
+        super().__init__(logits, k_min, k_max, size_logits, validate_args, backend)
+
+    @property
+    def size_probs(self) -> torch.Tensor:
+        return torch.softmax(self._scores(), dim=-1)
+
+    def expand(self, batch_shape, _instance=None):
+        return self._expanded(DynamicK, batch_shape, _instance)
