@@ -107,6 +107,10 @@ class ESPFunction(torch.autograd.Function):
                 phi = phi.detach().requires_grad_(ctx.needs_input_grad[1])
             esp, m = _marginals_graph(th, phi, k_min, k_max, create_graph=True)
             inputs = (th,) if not ctx.needs_input_grad[1] else (th, phi)
+            if not m.requires_grad:  # k_max = 0: nothing depends on the inputs
+                return (torch.zeros_like(theta) if ctx.needs_input_grad[0] else None,
+                        None if phi is None or not ctx.needs_input_grad[1]
+                        else torch.zeros_like(phi), None, None, None, None)
             # the cotangents go in as grad_outputs: the inner pass must not walk into their graph
             grads = torch.autograd.grad((esp.log_e, m), inputs, (grad_log_e, grad_m),
                                         create_graph=create_graph, allow_unused=True,

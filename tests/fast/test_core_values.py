@@ -1,0 +1,144 @@
+"""Values of the fast core against probmoe_ref: marginals, log Z, per-level log ESPs.
+
+Tolerances are DESIGN.md §6 as verify.tolerances applies them (float64: 1e-11 against the
+arbitrary-precision reference; float32: 2e-6 / 1e-5, widened by 1e-8 x spread beyond spread 100).
+"""
+
+import math
+
+import numpy as np
+import probmoe_ref as pr
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import probmoe_fast as pf
+from probmoe_fast._core.esp import log_esp
+from verify import strategies as vs
+from verify.tolerances import log_partition_tol, marginal_tol
+
+
+def _reference(theta: np.ndarray, k_min: int, k_max: int, phi=None, precision=None):
+    if k_min == k_max and phi is None:
+        return pr.ExactK(theta, k_min, precision=precision)
+    return pr.DynamicK(theta, k_min, k_max, size_logits=phi, precision=precision)
+
+
+def _as_seen(theta: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    """The logits as the implementation sees them (rounded to ``dtype``), back in float64."""
+    return torch.as_tensor(theta).to(dtype).double().numpy()
+
+
+def _fast(theta, k_min, k_max, phi, dtype):
+    t = torch.as_tensor(theta).to(dtype)
+    if k_min == k_max and phi is None:
+        return pf.ExactK(t, k_min)
+    return pf.DynamicK(t, k_min, k_max,
+                       size_logits=None if phi is None else torch.as_tensor(phi).to(dtype))
+
+
+def _check_row(theta, k_min, k_max, phi, dtype):
+    seen = _as_seen(theta, dtype)
+    precision = 30 if dtype == torch.float64 else None
+    ref = _reference(seen, k_min, k_max, phi, precision)
+    d = _fast(theta, k_min, k_max, phi, dtype)
+    m, log_z = d.marginals, d.log_partition
+    out_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    assert m.dtype == out_dtype and log_z.dtype == out_dtype
+    assert torch.isfinite(m).all() and torch.isfinite(log_z).all()
+    tol_m = marginal_tol(seen[None], k_max, dtype)[0]
+    np.testing.assert_allclose(m.double().numpy(), np.asarray(ref.marginals, float), atol=tol_m,
+                               rtol=0)
+    ref_log_z = float(ref.log_partition)
+    assert abs(float(log_z) - ref_log_z) <= log_partition_tol(np.array([ref_log_z]), dtype)[0]
+    # masked experts are exactly never included
+    assert (m[torch.as_tensor(np.isneginf(theta))] == 0).all()
+
+
+@settings(max_examples=60)
+@given(vs.exact_k_cases(min_n=1, max_n=8))
+def test_exact_k_float64_matches_arbitrary_precision(case):
+    theta, k = case
+    _check_row(theta, k, k, None, torch.float64)
+
+
+@settings(max_examples=60)
+@given(vs.band_cases(min_n=1, max_n=8))
+def test_band_float64_matches_arbitrary_precision(case):
+    theta, k_min, k_max, phi = case
+    _check_row(theta, k_min, k_max, phi, torch.float64)
+
+
+@settings(max_examples=60)
+@given(vs.exact_k_cases(min_n=1, max_n=8))
+def test_exact_k_float32_within_section6(case):
+    theta, k = case
+    _check_row(theta, k, k, None, torch.float32)
+
+
+@settings(max_examples=40)
+@given(vs.band_cases(min_n=1, max_n=8))
+def test_band_float32_within_section6(case):
+    theta, k_min, k_max, phi = case
+    _check_row(theta, k_min, k_max, phi, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,k,scale", [
+    (64, 8, 3.0),      # the MoE size, moderate logits: the plain (linear-space) table
+    (64, 8, 30.0),     # wide logits: rows fall back to the sorted, normalised table
+    (256, 32, 3.0),    # the largest size §6 names
+    (256, 32, 25.0),   # largest size, spread ~ 100 (the edge of the 1e-5 bar)
+])
+def test_large_n_matches_reference_dp(n, k, scale, dtype):
+    rng = np.random.default_rng(n + k)
+    theta = rng.normal(size=(3, n)) * scale
+    theta[1, rng.choice(n, n // 4, replace=False)] = -np.inf   # a quarter of the experts masked
+    theta[2, : n // 2] = theta[2, 0]                           # half the experts tied
+    seen = _as_seen(theta, dtype)
+    d = pf.ExactK(torch.as_tensor(theta).to(dtype), k)
+    ref = pr.ExactK(seen, k, precision=30 if dtype == torch.float64 else None)
+    tol = marginal_tol(seen, k, dtype)
+    err = np.abs(d.marginals.double().numpy() - np.asarray(ref.marginals, float)).max(-1)
+    assert (err <= tol).all(), (err, tol)
+    ref_log_z = np.asarray(ref.log_partition, float)
+    assert (np.abs(d.log_partition.double().numpy() - ref_log_z)
+            <= log_partition_tol(ref_log_z, dtype)).all()
+    np.testing.assert_allclose(d.marginals.double().sum(-1).numpy(), k, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs_run_in_float32(dtype):
+    theta = torch.randn(4, 16, generator=torch.Generator().manual_seed(0)).to(dtype)
+    theta[0, 3] = float("-inf")
+    d = pf.DynamicK(theta, 2, 5)
+    assert d.marginals.dtype == torch.float32 and d.log_partition.dtype == torch.float32
+    ref = pr.DynamicK(theta.double().numpy(), 2, 5)
+    np.testing.assert_allclose(d.marginals.double().numpy(), ref.marginals, atol=2e-6, rtol=0)
+
+
+def test_batch_shapes_and_non_contiguous_inputs_match_rowwise():
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(5, 3, 2, 7, generator=g, dtype=torch.float64)
+    logits = base.permute(2, 0, 3, 1)[..., 0]           # (2, 5, 7) non-contiguous view
+    assert not logits.is_contiguous()
+    d = pf.ExactK(logits, 3)
+    assert d.batch_shape == (2, 5) and d.event_shape == (7,)
+    rows = torch.stack([pf.ExactK(r.contiguous(), 3).marginals for r in logits.reshape(-1, 7)])
+    torch.testing.assert_close(d.marginals.reshape(-1, 7), rows, atol=1e-13, rtol=0)
+
+
+@settings(max_examples=30)
+@given(vs.exact_k_cases(min_n=2, max_n=8), st.floats(-1e3, 1e3))
+def test_shift_invariance_and_log_e_identity(case, c):
+    """Adding c to all finite logits leaves m unchanged and moves log Z by k c (§1)."""
+    theta, k = case
+    t = torch.as_tensor(theta)
+    d, shifted = pf.ExactK(t, k), pf.ExactK(t + c, k)
+    torch.testing.assert_close(shifted.marginals, d.marginals, atol=1e-11, rtol=0)
+    assert abs(float(shifted.log_partition - d.log_partition) - k * c) <= 1e-9 * max(
+        1.0, abs(float(d.log_partition)), abs(k * c))
+    esp = log_esp(t[None], k, k)
+    assert math.isclose(float(esp.log_e[0, 0] + k * esp.shift[0]), float(d.log_partition),
+                        rel_tol=1e-12, abs_tol=1e-12)
