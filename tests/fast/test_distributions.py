@@ -1,0 +1,121 @@
+"""The torch.distributions front end against probmoe_ref: entropy, log_prob, mode, pairwise
+marginals, covariance, size probabilities, rsample; and the Distribution contract (shapes,
+expand, support, validate_args, backend)."""
+
+import numpy as np
+import probmoe_ref as pr
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.distributions import Distribution
+
+import probmoe_fast as pf
+from verify import strategies as vs
+
+TOL = 1e-10  # float64 against the arbitrary-precision reference (entropy sums n terms)
+
+
+def _pair(case, band: bool):
+    if band:
+        theta, k_min, k_max, phi = case
+        ref = pr.DynamicK(theta, k_min, k_max, size_logits=phi, precision=30)
+        d = pf.DynamicK(torch.as_tensor(theta), k_min, k_max,
+                        size_logits=None if phi is None else torch.as_tensor(phi))
+    else:
+        theta, k = case
+        ref, d = pr.ExactK(theta, k, precision=30), pf.ExactK(torch.as_tensor(theta), k)
+    return ref, d
+
+
+@settings(max_examples=40)
+@given(st.one_of(vs.exact_k_cases(min_n=1, max_n=7).map(lambda c: (c, False)),
+                 vs.band_cases(min_n=1, max_n=7).map(lambda c: (c, True))))
+def test_statistics_match_reference(tagged):
+    case, band = tagged
+    ref, d = _pair(case, band)
+    scale = max(1.0, float(np.abs(np.asarray(ref.entropy(), float))))
+    assert abs(float(d.entropy()) - float(ref.entropy())) <= TOL * scale
+    np.testing.assert_array_equal(d.mode.numpy(), np.asarray(ref.mode, float))
+    np.testing.assert_allclose(d.pairwise_marginals().numpy(),
+                               np.asarray(ref.pairwise_marginals(), float), atol=TOL, rtol=0)
+    np.testing.assert_allclose(d.covariance_matrix.numpy(),
+                               np.asarray(ref.covariance_matrix, float), atol=TOL, rtol=0)
+    if band:
+        np.testing.assert_allclose(d.size_probs.numpy(), np.asarray(ref.size_probs, float),
+                                   atol=TOL, rtol=0)
+    masks, probs = ref.enumerate_support()
+    masks = torch.as_tensor(np.asarray(masks, float))
+    log_p = d.log_prob(masks).numpy()
+    want = np.log(np.asarray(probs, float))
+    np.testing.assert_allclose(log_p, want, atol=1e-9 * max(1.0, np.abs(want).max()), rtol=0)
+
+
+def test_shapes_batch_and_sample():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 9, generator=g)
+    d = pf.DynamicK(logits, 2, 4, size_logits=torch.zeros(3))
+    assert d.batch_shape == (2, 3) and d.event_shape == (9,)
+    s = d.sample((5, 4), generator=g)
+    assert s.shape == (5, 4, 2, 3, 9) and s.dtype == torch.float32
+    assert d.log_prob(s).shape == (5, 4, 2, 3)
+    assert d.entropy().shape == (2, 3) and d.log_partition.shape == (2, 3)
+    assert d.mode.shape == (2, 3, 9) and d.size_probs.shape == (2, 3, 3)
+    assert d.covariance_matrix.shape == (2, 3, 9, 9)
+    torch.testing.assert_close(d.variance, d.marginals * (1 - d.marginals))
+    assert d.support.check(s).all() and not d.support.check(torch.ones(9)).any()
+    e = pf.ExactK(logits[0, 0], 3).expand((4, 2))
+    assert e.batch_shape == (4, 2) and e.sample().shape == (4, 2, 9)
+    torch.testing.assert_close(e.marginals[3, 1], pf.ExactK(logits[0, 0], 3).marginals)
+
+
+def test_rsample_is_straight_through():
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(4, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    d = pf.ExactK(logits, 3)
+    assert d.has_rsample
+    r = d.rsample((2,), generator=torch.Generator().manual_seed(3))
+    z = pf.ExactK(logits.detach(), 3).sample((2,), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(r.detach(), z)  # the value is the sample (same generator stream)
+    v = torch.randn(2, 4, 8, generator=g, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((r * v).sum(), logits)
+    (want,) = torch.autograd.grad((pf.ExactK(logits, 3).marginals * v.sum(0)).sum(), logits)
+    torch.testing.assert_close(grad, want, atol=1e-12, rtol=0)
+
+
+def test_log_prob_of_impossible_subsets_is_minus_inf_without_validation():
+    logits = torch.tensor([0.0, float("-inf"), 1.0, 2.0])
+    d = pf.ExactK(logits, 2, validate_args=False)
+    assert d.log_prob(torch.tensor([1.0, 1.0, 0.0, 0.0])) == float("-inf")  # masked expert
+    assert d.log_prob(torch.tensor([1.0, 1.0, 1.0, 0.0])) == float("-inf")  # wrong size
+
+
+def test_validate_args_follows_torch_default():
+    bad = torch.tensor([0.0, float("nan")])
+    previous = Distribution._validate_args
+    try:
+        Distribution.set_default_validate_args(False)
+        pf.ExactK(bad, 1)  # no check when validation is off by default
+        Distribution.set_default_validate_args(True)
+        with pytest.raises(ValueError, match="NaN"):
+            pf.ExactK(bad, 1)
+    finally:
+        Distribution.set_default_validate_args(previous)
+
+
+def test_backend_switch():
+    logits = torch.randn(3, 5)
+    torch.testing.assert_close(pf.ExactK(logits, 2, backend="torch").marginals,
+                               pf.ExactK(logits, 2, backend="auto").marginals)
+    with pytest.raises(NotImplementedError, match="triton"):
+        pf.ExactK(logits, 2, backend="triton")
+    with pytest.raises(ValueError, match="backend"):
+        pf.DynamicK(logits, 1, 2, backend="cuda")
+
+
+def test_mode_ties_break_toward_lower_index_and_smaller_size():
+    d = pf.ExactK(torch.tensor([1.0, 2.0, 1.0, 2.0, 1.0]), 3)
+    assert d.mode.tolist() == [1.0, 1.0, 0.0, 1.0, 0.0]
+    # sizes 1 and 2 tie (phi_1 + 2 == phi_2 + 2 + 0): the smaller wins
+    b = pf.DynamicK(torch.tensor([2.0, 0.0, -1.0]), 1, 2, size_logits=torch.tensor([0.0, 0.0]))
+    assert b.mode.tolist() == [1.0, 0.0, 0.0]
