@@ -43,6 +43,17 @@ def _probe(name: str, rng: np.random.Generator, shape: tuple[int, int]) -> np.nd
     return np.ones(shape)
 
 
+def _vjp(marginals: torch.Tensor, logits: torch.Tensor, v: np.ndarray) -> np.ndarray:
+    """``v^T dm/dθ`` as float64 numpy; marginals that do not depend on the logits (a constant,
+    e.g. for k = 0) have a zero Jacobian."""
+    if not marginals.requires_grad:
+        return np.zeros_like(v)
+    grad_out = torch.tensor(v, dtype=marginals.dtype, device=marginals.device)
+    (got,) = torch.autograd.grad(marginals, logits, grad_outputs=grad_out, retain_graph=True,
+                                 allow_unused=True)
+    return np.zeros_like(v) if got is None else got.detach().to("cpu", torch.float64).numpy()
+
+
 def run(ctx, case) -> list[Row]:
     logits = ctx.logits(case, requires_grad=True)
     marginals = ctx.build(case, logits).marginals
@@ -52,9 +63,7 @@ def run(ctx, case) -> list[Row]:
     out = []
     for name in PROBES:
         v = _probe(name, rng, rounded.shape)
-        grad_out = torch.tensor(v, dtype=marginals.dtype, device=marginals.device)
-        (got,) = torch.autograd.grad(marginals, logits, grad_outputs=grad_out, retain_graph=True)
-        got = got.detach().to("cpu", torch.float64).numpy()
+        got = _vjp(marginals, logits, v)
         want = np.stack([c @ vb for c, vb in zip(covs, v)])
         tol = tolerances.vjp_tol(rounded, case.k_top, ctx.dtype, v)
         if ctx.dtype not in (torch.float32, torch.float64):

@@ -1,7 +1,8 @@
 r"""Sampling: the implementation's subsets against the reference distribution.
 
 Per case, from ``N`` draws of ``sample(sample_shape=(chunk,), generator=...)`` (chunked so memory
-stays bounded), taken on one generator seeded from the run seed:
+stays bounded; :data:`POINT_MASS_SAMPLES` draws when every row is a single subset), taken on one
+generator seeded from the run seed:
 
 * ``sample support`` (deterministic): shape ``(N, B, n)``, entries in {0, 1}, and every subset of
   an allowed size (exactly ``k``; ``k_min..k_max`` for Dynamic-k).  Threshold: zero bad draws.
@@ -17,7 +18,8 @@ stays bounded), taken on one generator seeded from the run seed:
 * ``expert frequencies`` (statistical, large cases): per-expert exact binomial tests of inclusion
   counts against the reference marginals, Bonferroni over experts; with ``N`` draws it detects a
   marginal off by :math:`(z_{\alpha/2n} + z_{1-10^{-3}}) \sqrt{m(1-m)/N}` with power 0.999
-  (about 0.013 at m = 1/8, n = 64, N = 50 000, α = 1e-5).
+  (at m = 1/8, n = 64, α = 1e-5: about 0.02 with the quick N = 20 000, 0.013 with the full
+  N = 50 000).
 * ``size frequencies`` (statistical, large Dynamic-k cases): χ² of the sizes against the
   reference size distribution, same power rule as subset frequencies.
 
@@ -33,11 +35,13 @@ import torch
 from .. import reference, stats
 from ..report import Row
 
-__all__ = ["run", "statistical_rows", "TV", "POWER", "LARGE_SAMPLES", "CHUNK_ELEMENTS"]
+__all__ = ["run", "statistical_rows", "n_tests", "TV", "POWER", "LARGE_SAMPLES",
+           "POINT_MASS_SAMPLES", "CHUNK_ELEMENTS"]
 
 TV = 0.02
 POWER = 0.999
 LARGE_SAMPLES = {True: 20_000, False: 50_000}     # by quick
+POINT_MASS_SAMPLES = 10_000                        # cases where every row is a single subset
 CHUNK_ELEMENTS = 1 << 22                           # floats held per sample() call
 
 
@@ -57,10 +61,14 @@ def n_tests(case) -> int:
     return per_row * len(statistical_rows(case))
 
 
-def _keys(masks: np.ndarray) -> list[bytes]:
-    """One hashable key per subset mask ``(..., n)`` bool."""
+def _codes(masks: np.ndarray) -> np.ndarray:
+    r"""One sortable code per subset mask ``(m, n)`` bool: the integer :math:`\sum_{i \in S} 2^i`
+    for n ≤ 62, else the packed bits as a byte string."""
+    n = masks.shape[-1]
+    if n <= 62:
+        return masks.astype(np.int64) @ (np.int64(1) << np.arange(n, dtype=np.int64))
     packed = np.packbits(masks, axis=-1)
-    return [row.tobytes() for row in packed.reshape(-1, packed.shape[-1])]
+    return np.array([row.tobytes() for row in packed], dtype=object)
 
 
 class _Tally:
@@ -96,15 +104,15 @@ class _Tally:
         for b in range(z.shape[1]):
             self.sizes[b] += np.bincount(size[:, b], minlength=self.sizes.shape[1])
             if self.subsets is not None:
-                uniq, counts = np.unique(z[:, b], axis=0, return_counts=True)
-                for key, c in zip(_keys(uniq), counts):
-                    self.subsets[b][key] = self.subsets[b].get(key, 0) + int(c)
+                uniq, counts = np.unique(_codes(z[:, b]), return_counts=True)
+                for key, c in zip(uniq.tolist(), counts.tolist()):
+                    self.subsets[b][key] = self.subsets[b].get(key, 0) + c
         self.draws += x.shape[0]
 
 
 def _subset_test(tally: _Tally, b: int, ref, alpha: float) -> stats.TestResult:
     masks, probs = reference.support(ref)
-    prob_of = dict(zip(_keys(masks), probs))
+    prob_of = dict(zip(_codes(masks).tolist(), probs.tolist()))
     keys = sorted(set(prob_of) | set(tally.subsets[b]))
     observed = np.array([tally.subsets[b].get(k, 0) for k in keys])
     return stats.chi_square_gof(observed, np.array([prob_of.get(k, 0.0) for k in keys]), alpha)
@@ -125,6 +133,8 @@ def _stat_row(check: str, case, b: int, res: stats.TestResult, alpha: float, det
 
 
 def _n_draws(ctx, case) -> int:
+    if not statistical_rows(case):                   # single subsets: support and masks only
+        return POINT_MASS_SAMPLES
     # alpha / 2: the chi-square part's level when rare cells are tested apart (stats.chi_square_gof)
     if case.is_small:
         return stats.chi_square_samples(case.n_subsets, ctx.alpha_each / 2, TV, POWER)
