@@ -25,6 +25,12 @@ source_suffix = {".rst": "restructuredtext"}
 exclude_patterns = ["_build", "scripts", "Thumbs.db", ".DS_Store"]
 root_doc = "index"
 
+# Equations are numbered per derivation page ("(3.2)" = page 3, equation 2), so a number quoted on
+# another page is unambiguous.
+numfig = True
+math_numfig = True
+math_numsep = "."
+
 # Math: MathJax (the default HTML math renderer); a few macros used across the derivations.
 mathjax3_config = {
     "tex": {
