@@ -116,7 +116,7 @@ class _SubsetDistribution(Distribution):
 
     @property
     def log_partition(self) -> torch.Tensor:
-        return torch.logsumexp(self._scores(), dim=-1)
+        return self.k_min * self._stats()[1] + torch.logsumexp(self._scores(), dim=-1)
 
     @property
     def marginals(self) -> torch.Tensor:

@@ -41,7 +41,7 @@ import torch
 
 from .prefix import prefix_tables
 
-__all__ = ["ESP", "log_esp"]
+__all__ = ["ESP", "log_esp", "finite_max", "keep_level"]
 
 #: Smallest kept plain-table level is exp(-b), per math dtype (see the module docstring).
 _FLOOR = {torch.float32: 20.0, torch.float64: 200.0}
@@ -54,11 +54,25 @@ class ESP(NamedTuple):
     order: torch.Tensor
 
 
-def _finite_max(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def finite_max(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row max finite logit (0 for a row with none) and the finite count."""
     finite = torch.isfinite(theta)
     hi = torch.where(finite, theta, -math.inf).amax(dim=-1)
     return torch.where(finite.any(dim=-1), hi, torch.zeros_like(hi)), finite.sum(-1)
+
+
+def plain_rows(last: torch.Tensor, n_finite: torch.Tensor, k_min: int):
+    r"""``(keep (T, L), plain (T,))``: which plain-table band levels ``last`` are kept
+    (:math:`\ge e^{-b}`) and which rows have every fillable level kept."""
+    fillable = torch.arange(k_min, k_min + last.shape[-1], device=last.device) <= n_finite[:, None]
+    keep = last >= math.exp(-_FLOOR[last.dtype])
+    return keep, (keep | ~fillable).all(dim=-1)
+
+
+def keep_level(last: torch.Tensor, n_finite: torch.Tensor, k_min: int) -> torch.Tensor | None:
+    """The kept levels when every row is plain, else None (some row needs the sorted table)."""
+    keep, plain = plain_rows(last, n_finite, k_min)
+    return keep if bool(plain.all()) else None
 
 
 def _log_levels(last: torch.Tensor, keep: torch.Tensor, offsets: torch.Tensor | None,
@@ -100,13 +114,11 @@ def log_esp(theta: torch.Tensor, k_min: int, k_max: int) -> ESP:
     r"""Log ESP of levels ``k_min..k_max`` for ``theta`` ``(T, n)``; see the module docstring."""
     n_rows, n = theta.shape
     with torch.no_grad():
-        shift, n_finite = _finite_max(theta)
+        shift, n_finite = finite_max(theta)
     levels = prefix_tables(theta - shift[:, None], k_max)
     last = _band_last(levels, k_min, k_max)
     with torch.no_grad():
-        fillable = torch.arange(k_min, k_max + 1, device=theta.device) <= n_finite[:, None]
-        keep = last >= math.exp(-_FLOOR[theta.dtype])
-        plain = (keep | ~fillable).all(dim=-1)
+        keep, plain = plain_rows(last, n_finite, k_min)
     log_e = _log_levels(last, keep, None, k_min, k_max)
     order = torch.arange(n, device=theta.device).expand(n_rows, n)
     tables = [q.detach() for q in levels]

@@ -5,8 +5,12 @@ With :math:`\ell_j = \log e_j(e^{\theta - c})` for :math:`j = k_{\min}..k_{\max}
 
 .. math::
 
-    \log Z = \operatorname{logsumexp}_j(\phi_j + j c + \ell_j), \qquad
-    P(|S| = j) = \operatorname{softmax}_j(\phi_j + j c + \ell_j).
+    r_j = \phi_j + (j - k_{\min}) c + \ell_j, \qquad
+    \log Z = k_{\min} c + \operatorname{logsumexp}_j r_j, \qquad
+    P(|S| = j) = \operatorname{softmax}_j r_j.
+
+The scores :math:`r_j` are taken relative to :math:`k_{\min} c` so that a large logit offset
+:math:`c` never enters the softmax (for Exact-k, :math:`r = \ell_k` exactly).
 
 =================  ==========================  ==========================================
 name               shape                       meaning
@@ -29,15 +33,15 @@ __all__ = ["size_scores", "log_partition", "size_probs"]
 
 def size_scores(log_e: torch.Tensor, shift: torch.Tensor, k_min: int,
                 size_logits: torch.Tensor | None) -> torch.Tensor:
-    r""":math:`\phi_j + j c + \ell_j` ``(..., L)``."""
-    sizes = torch.arange(k_min, k_min + log_e.shape[-1], device=log_e.device, dtype=log_e.dtype)
+    r""":math:`r_j = \phi_j + (j - k_{\min}) c + \ell_j` ``(..., L)``."""
+    sizes = torch.arange(log_e.shape[-1], device=log_e.device, dtype=log_e.dtype)
     scores = log_e + sizes * shift.unsqueeze(-1)
     return scores if size_logits is None else scores + size_logits
 
 
 def log_partition(log_e, shift, k_min, size_logits=None) -> torch.Tensor:
     r""":math:`\log Z` ``(...,)``."""
-    return torch.logsumexp(size_scores(log_e, shift, k_min, size_logits), dim=-1)
+    return k_min * shift + torch.logsumexp(size_scores(log_e, shift, k_min, size_logits), dim=-1)
 
 
 def size_probs(log_e, shift, k_min, size_logits=None) -> torch.Tensor:

@@ -68,7 +68,7 @@ def sample_subsets(tables: list[torch.Tensor], order: torch.Tensor, sizes: torch
     u = _uniform_open_closed((n_steps, n_draws), generator, tables[0])
     for step in range(n_steps):
         if source is None:
-            level = tables[n_steps - step]
+            level = tables[n_steps - step].contiguous()
             active = None
         else:
             active = remaining > 0

@@ -44,9 +44,10 @@ from __future__ import annotations
 
 import torch
 
-from .._core.esp import log_esp
+from .._core.esp import finite_max, log_esp
 from .._core.partition import log_partition, size_probs
 from .._core.sampling import inverse_cdf, sample_subsets
+from .fast_path import fast_backward, fast_forward
 
 __all__ = ["esp_forward", "ESPFunction", "draw_samples"]
 
@@ -82,16 +83,25 @@ class ESPFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, theta, size_logits, k_min, k_max, n_samples, generator):
-        with torch.enable_grad():
-            leaf = theta.detach().requires_grad_()
-            esp, m = _marginals_graph(leaf, None if size_logits is None else size_logits.detach(),
-                                      k_min, k_max, create_graph=False)
+        ctx.set_materialize_grads(False)
+        phi = None if size_logits is None else size_logits.detach()
+        shift, n_finite = finite_max(theta.detach())
+        fast = None
+        if k_max > 0:
+            fast = fast_forward(theta.detach(), phi, k_min, k_max, shift, n_finite)
+        if fast is not None:
+            esp, m = fast
+        else:
+            with torch.enable_grad():
+                leaf = theta.detach().requires_grad_()
+                esp, m = _marginals_graph(leaf, phi, k_min, k_max, create_graph=False)
         if n_samples > 0:
-            sample = draw_samples(esp, size_logits, k_min, k_max, n_samples, generator)
+            sample = draw_samples(esp, phi, k_min, k_max, n_samples, generator)
         else:
             sample = theta.new_empty(0)
         ctx.save_for_backward(theta, size_logits)
         ctx.band = (k_min, k_max)
+        ctx.fast = fast is not None
         ctx.mark_non_differentiable(esp.shift, sample)
         return esp.log_e.detach(), esp.shift, m, sample
 
@@ -100,6 +110,13 @@ class ESPFunction(torch.autograd.Function):
         theta, size_logits = ctx.saved_tensors
         k_min, k_max = ctx.band
         create_graph = torch.is_grad_enabled()
+        if ctx.fast and not create_graph:
+            with torch.no_grad():
+                shift, _ = finite_max(theta)
+                grad_theta, grad_phi = fast_backward(theta, size_logits, k_min, k_max, shift,
+                                                     grad_log_e, grad_m)
+            return (grad_theta if ctx.needs_input_grad[0] else None,
+                    grad_phi if ctx.needs_input_grad[1] else None, None, None, None, None)
         with torch.enable_grad():
             th = theta if (create_graph and theta.requires_grad) else theta.detach().requires_grad_()
             phi = size_logits
@@ -111,6 +128,8 @@ class ESPFunction(torch.autograd.Function):
                 return (torch.zeros_like(theta) if ctx.needs_input_grad[0] else None,
                         None if phi is None or not ctx.needs_input_grad[1]
                         else torch.zeros_like(phi), None, None, None, None)
+            grad_log_e = torch.zeros_like(esp.log_e) if grad_log_e is None else grad_log_e
+            grad_m = torch.zeros_like(m) if grad_m is None else grad_m
             # the cotangents go in as grad_outputs: the inner pass must not walk into their graph
             grads = torch.autograd.grad((esp.log_e, m), inputs, (grad_log_e, grad_m),
                                         create_graph=create_graph, allow_unused=True,
