@@ -19,15 +19,15 @@ v_l)` at :math:`\epsilon = 0` (dual numbers), plus, for :math:`B'`, a second set
 weights :math:`\gamma'` carried along linearly. :func:`pair_sum` forms
 :math:`\sum_a X_{l,a} Y_{l+1,a+1}`, the weight of all subsets that contain expert :math:`l`.
 
-=================  =====================  ==========================================
-function           returns                cost (time; memory)
-=================  =====================  ==========================================
-``prefix``         ``(n+1, K+1, T)``      :math:`n` fused ops; :math:`O(nKT)`
-``completion``     ``(n+1, K+1, T)``      :math:`n` fused ops; :math:`O(nKT)`
-``prefix_tilt``    ``(n+1, K+1, T)``      :math:`2n` fused ops; :math:`O(nKT)`
-``completion_tilt````(n+1, K+1, T)``      :math:`2n` fused ops; :math:`O(nKT)`
-``pair_sum``       ``(n, T)``             one product and one sum; :math:`O(nKT)`
-=================  =====================  ==========================================
+========================  ======================  ==========================================
+function                  returns                 cost (time; memory)
+========================  ======================  ==========================================
+``prefix``                ``(n+1, K+1, T)``       :math:`n` fused ops; :math:`O(nKT)`
+``completion``            ``(n+1, K+1, T)``       :math:`n` fused ops; :math:`O(nKT)`
+``prefix_with_tilt``      ``(2, n+1, K+1, T)``    :math:`2n` fused ops; :math:`O(nKT)`
+``completion_with_tilt``  ``(2, n+1, K+1, T)``    :math:`2n` fused ops; :math:`O(nKT)`
+``pair_sum``              ``(n, T)``              one product and one sum; :math:`O(nKT)`
+========================  ======================  ==========================================
 
 Inputs are float32/float64, weights finite and in :math:`[0, 1]` (masked experts: exactly 0).
 Not differentiable (used inside an autograd Function's forward and first-order backward).
@@ -37,7 +37,12 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["prefix", "completion", "prefix_tilt", "completion_tilt", "pair_sum"]
+__all__ = ["prefix", "completion", "prefix_with_tilt", "completion_with_tilt", "pair_sum"]
+
+
+def _slabs(table: torch.Tensor):
+    """Per-position views ``(levels 1..K, levels 0..K-1)`` of a ``(n+1, K+1, T)`` table."""
+    return table[:, 1:].unbind(0), table[:, :-1].unbind(0)
 
 
 def prefix(w: torch.Tensor, n_levels: int) -> torch.Tensor:
@@ -45,43 +50,59 @@ def prefix(w: torch.Tensor, n_levels: int) -> torch.Tensor:
     table = w.new_empty(n + 1, n_levels + 1, rows)
     table[:, 0] = 1
     table[0, 1:] = 0
-    for l in range(n):
-        torch.addcmul(table[l, 1:], w[l], table[l, :-1], out=table[l + 1, 1:])
+    upper, lower = _slabs(table)
+    for l, w_l in enumerate(w.unbind(0)):
+        torch.addcmul(upper[l], w_l, lower[l], out=upper[l + 1])
     return table
 
 
 def completion(w: torch.Tensor, terminal: torch.Tensor) -> torch.Tensor:
-    """``terminal`` ``(K+1, T)``: :math:`\\gamma_a` (0 outside the band)."""
+    """``terminal`` ``(K+1, T)``: :math:`\gamma_a` (0 outside the band)."""
     n, rows = w.shape
     n_levels = terminal.shape[0] - 1
     table = w.new_empty(n + 1, n_levels + 1, rows)
     table[:, n_levels] = terminal[n_levels]
     table[n, :n_levels] = terminal[:n_levels]
+    upper, lower = _slabs(table)
+    weights = w.unbind(0)
     for l in range(n - 1, -1, -1):
-        torch.addcmul(table[l + 1, :-1], w[l], table[l + 1, 1:], out=table[l, :-1])
+        torch.addcmul(lower[l + 1], weights[l], upper[l + 1], out=lower[l])
     return table
 
 
-def prefix_tilt(w: torch.Tensor, v: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    n = w.shape[0]
-    tilt = torch.zeros_like(table)
-    for l in range(n):
-        inner = torch.addcmul(tilt[l, :-1], v[l], table[l, :-1])
-        torch.addcmul(tilt[l, 1:], w[l], inner, out=tilt[l + 1, 1:])
-    return tilt
+def prefix_with_tilt(w: torch.Tensor, wv: torch.Tensor, n_levels: int) -> torch.Tensor:
+    r"""``(2, n+1, K+1, T)``: :math:`P` and :math:`P'` in one pass (``wv`` = :math:`w \odot v`);
+    both obey the same recursion, :math:`P'` gets the extra :math:`w_l v_l P_{l,a-1}`."""
+    n, rows = w.shape
+    both = w.new_zeros(n + 1, 2, n_levels + 1, rows)
+    both[:, 0, 0] = 1
+    upper, lower = both[:, :, 1:].unbind(0), both[:, :, :-1].unbind(0)
+    tilt_upper = both[:, 1, 1:].unbind(0)
+    plain_lower = both[:, 0, :-1].unbind(0)
+    for l, (w_l, wv_l) in enumerate(zip(w.unbind(0), wv.unbind(0))):
+        torch.addcmul(upper[l], w_l, lower[l], out=upper[l + 1])
+        tilt_upper[l + 1].addcmul_(wv_l, plain_lower[l])
+    return both.transpose(0, 1)
 
 
-def completion_tilt(w: torch.Tensor, v: torch.Tensor, table: torch.Tensor,
-                    terminal: torch.Tensor) -> torch.Tensor:
-    n = w.shape[0]
+def completion_with_tilt(w: torch.Tensor, wv: torch.Tensor, terminal: torch.Tensor,
+                         tilt_terminal: torch.Tensor) -> torch.Tensor:
+    r"""``(2, n+1, K+1, T)``: :math:`B` and :math:`B'` in one pass."""
+    n, rows = w.shape
     n_levels = terminal.shape[0] - 1
-    tilt = torch.empty_like(table)
-    tilt[:, n_levels] = terminal[n_levels]
-    tilt[n, :n_levels] = terminal[:n_levels]
+    both = w.new_empty(n + 1, 2, n_levels + 1, rows)
+    both[:, 0, n_levels] = terminal[n_levels]
+    both[n, 0, :n_levels] = terminal[:n_levels]
+    both[:, 1, n_levels] = tilt_terminal[n_levels]
+    both[n, 1, :n_levels] = tilt_terminal[:n_levels]
+    upper, lower = both[:, :, 1:].unbind(0), both[:, :, :-1].unbind(0)
+    plain_upper = both[:, 0, 1:].unbind(0)
+    tilt_lower = both[:, 1, :-1].unbind(0)
+    weights, tilted = w.unbind(0), wv.unbind(0)
     for l in range(n - 1, -1, -1):
-        inner = torch.addcmul(tilt[l + 1, 1:], v[l], table[l + 1, 1:])
-        torch.addcmul(tilt[l + 1, :-1], w[l], inner, out=tilt[l, :-1])
-    return tilt
+        torch.addcmul(lower[l + 1], weights[l], upper[l + 1], out=lower[l])
+        tilt_lower[l].addcmul_(tilted[l], plain_upper[l + 1])
+    return both.transpose(0, 1)
 
 
 def pair_sum(front: torch.Tensor, back: torch.Tensor) -> torch.Tensor:

@@ -23,8 +23,8 @@ i.e. :math:`\mathrm{Cov}(z) v = E[z (z \cdot v)] - m (m \cdot v)` and
 Masked experts have :math:`w_l = 0`, hence exactly zero marginals and gradients.
 
 Cost: forward :math:`2n` fused ops on ``(K, T)`` slabs plus :math:`O(nKT)` combination;
-backward :math:`6n` fused ops (the prefix and completion tables are recomputed, never saved);
-transient memory four ``(n+1, K+1, T)`` tables.
+backward :math:`5n` fused ops (the prefix and completion tables are recomputed, never saved,
+the tilted ones computed alongside); transient memory five ``(n+1, K+1, T)`` tables.
 """
 
 from __future__ import annotations
@@ -47,8 +47,13 @@ def _terminal(values: torch.Tensor, k_min: int, k_max: int) -> torch.Tensor:
     return out
 
 
+def _weights(theta, shift):
+    """Expert-major weights :math:`e^{\theta - c}` ``(n, T)``."""
+    return torch.exp(theta - shift.unsqueeze(-1)).T.contiguous()
+
+
 def _tables(theta, shift, k_min, k_max):
-    w = torch.exp(theta - shift.unsqueeze(-1)).T.contiguous()
+    w = _weights(theta, shift)
     table = em.prefix(w, k_max)
     return w, table, table[-1, k_min:].T
 
@@ -82,19 +87,21 @@ def fast_forward(theta, size_logits, k_min, k_max, shift, n_finite):
 def fast_backward(theta, size_logits, k_min, k_max, shift, grad_log_e, grad_m):
     r"""``(grad_theta, grad_size_logits)`` for cotangents ``grad_log_e`` ``(T, L)`` (or None)
     and ``grad_m`` ``(T, n)`` (or None); see the module docstring."""
-    w, table, last = _tables(theta, shift, k_min, k_max)
+    w = _weights(theta, shift)
+    v = torch.zeros_like(w) if grad_m is None else grad_m.T.contiguous()
+    wv = w * v
+    table, front_tilt = em.prefix_with_tilt(w, wv, k_max)
+    last = table[-1, k_min:].T
     keep = last > 0
     _, gamma, p = _band_weights(last, keep, shift, k_min, size_logits)
-    back = em.completion(w, _terminal(gamma, k_min, k_max))
-    m = w * em.pair_sum(table, back)  # (n, T)
-    v = torch.zeros_like(w) if grad_m is None else grad_m.T.contiguous()
     if grad_log_e is None:
         extra = torch.zeros_like(gamma)
     else:
         extra = torch.where(keep, grad_log_e / torch.where(keep, last, torch.ones_like(last)),
                             torch.zeros_like(last))
-    front_tilt = em.prefix_tilt(w, v, table)
-    back_tilt = em.completion_tilt(w, v, back, _terminal(extra, k_min, k_max))
+    back, back_tilt = em.completion_with_tilt(w, wv, _terminal(gamma, k_min, k_max),
+                                              _terminal(extra, k_min, k_max))
+    m = w * em.pair_sum(table, back)  # (n, T)
     m_dot_v = (m * v).sum(0)
     grad = v * m + w * (em.pair_sum(front_tilt, back) + em.pair_sum(table, back_tilt)) \
         - m * m_dot_v
