@@ -89,12 +89,12 @@ def train_one(name: str, seed: int, args, language: TopicMarkovLanguage, val: to
               progress) -> tuple[dict[str, float], list[float]]:
     torch.manual_seed(seed)  # parameter initialization (nn.init draws from the global generator)
     model = TinyMoELM(language.vocab, args.d_model, args.d_ff, args.experts, **ROUTERS[name])
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.01)
     data_gen = torch.Generator().manual_seed(1000 + seed)
     route_gen = torch.Generator().manual_seed(2000 + seed)
     curve = []
     for step in range(args.steps):
-        batch = language.sample(args.batch, args.length + 1, data_gen)
+        batch, _ = language.sample(args.batch, args.length + 1, data_gen)
         logits, aux = model(batch[:, :-1], generator=route_gen)
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
         loss = ce + 0.01 * aux["load_balance_loss"]
@@ -187,20 +187,21 @@ def conclusions(results) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=120)
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--length", type=int, default=32)
     parser.add_argument("--d-model", dest="d_model", type=int, default=64)
     parser.add_argument("--d-ff", dest="d_ff", type=int, default=64)
     parser.add_argument("--experts", type=int, default=8)
-    parser.add_argument("--eval-every", dest="eval_every", type=int, default=20)
+    parser.add_argument("--eval-every", dest="eval_every", type=int, default=50)
     parser.add_argument("--png", default="compare_routers.png")
     args = parser.parse_args()
 
     start = time.time()
-    language = TopicMarkovLanguage(sharpness=5.0, generator=torch.Generator().manual_seed(0))
-    val = language.sample(64, args.length + 1, torch.Generator().manual_seed(1))
+    language = TopicMarkovLanguage(vocab=32, topics=4, sharpness=5.0,
+                                  generator=torch.Generator().manual_seed(0))
+    val, val_topics = language.sample(64, args.length + 1, torch.Generator().manual_seed(1))
     progress, close = make_progress()
     results = {name: [] for name in ROUTERS}
     curves = {name: [] for name in ROUTERS}
@@ -219,6 +220,9 @@ def main() -> None:
     for name, runs in results.items():
         cells = [mean_std([r[key] for r in runs]) for key, _ in cols]
         print(f"{name:<18}" + "".join(f"{m:>10.4f} ±{s:<6.4f}" for m, s in cells))
+    refs = language.reference_losses(val, val_topics)
+    print("reference predictors on the same validation set: "
+          + ", ".join(f"{k} {v:.4f}" for k, v in refs.items()))
     print("\nWhat this run shows:")
     for line in conclusions(results):
         print("  " + line)

@@ -15,7 +15,8 @@ few experts wastes capacity.
 =============  ==============  ====================================
 name           shape           dtype
 =============  ==============  ====================================
-returned       ``(B, L)``      int64 token ids in ``[0, V)``
+tokens         ``(B, L)``      int64 token ids in ``[0, V)``
+topics         ``(B,)``        int64 hidden topic of each sequence
 =============  ==============  ====================================
 
 Cost: :math:`O(B L V)` time; the tables are :math:`O(C V^2)`.
@@ -39,11 +40,24 @@ class TopicMarkovLanguage:
                 logits[c, v, likely] = sharpness
         self.transitions = torch.softmax(logits, dim=-1)  # (C, V, V)
 
-    def sample(self, batch: int, length: int, generator: torch.Generator) -> torch.Tensor:
+    def sample(self, batch: int, length: int, generator: torch.Generator
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(tokens (B, L) int64, topics (B,) int64)``."""
         topic = torch.randint(self.topics, (batch,), generator=generator)
         tokens = torch.empty(batch, length, dtype=torch.long)
         tokens[:, 0] = torch.randint(self.vocab, (batch,), generator=generator)
         for t in range(1, length):
             probs = self.transitions[topic, tokens[:, t - 1]]
             tokens[:, t] = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        return tokens
+        return tokens, topic
+
+    def reference_losses(self, tokens: torch.Tensor, topics: torch.Tensor) -> dict[str, float]:
+        r"""Mean next-token loss (nats) on ``tokens`` of two fixed predictors: the floor
+        :math:`-\log P_c(x_{t+1} \mid x_t)` that knows the topic, and the topic-blind mixture
+        :math:`-\log \frac1C \sum_c P_c(x_{t+1} \mid x_t)`. A model below the second has
+        learned to use the topic."""
+        prev, nxt = tokens[:, :-1], tokens[:, 1:]
+        known = self.transitions[topics[:, None], prev, nxt]
+        blind = self.transitions[:, prev, nxt].mean(0)
+        return {"topic known (floor)": -known.log().mean().item(),
+                "topic-blind bigram": -blind.log().mean().item()}

@@ -40,11 +40,14 @@ from typing import NamedTuple
 
 import torch
 
-from .ops.esp_function import esp_forward
+from ._core.mode import mode_mask
+from ._core.validation import (check_band, check_enough_finite, check_exact_k, check_logits,
+                               check_size_logits)
+from .ops.backend import resolve_backend
+from .ops.batched import math_dtype, sample_and_marginals
 
-__all__ = ["RouterOutput", "route", "topk_route", "straight_through", "mode_routing"]
+__all__ = ["RouterOutput", "route", "topk_route", "straight_through"]
 
-_BACKENDS = ("auto", "torch")
 _GATES = {"softmax": lambda t: torch.softmax(t, dim=-1), "sigmoid": torch.sigmoid}
 
 
@@ -80,10 +83,6 @@ def _validation_on(validate_args: bool | None) -> bool:
     return validate_args
 
 
-def _math_dtype(logits: torch.Tensor) -> torch.dtype:
-    return torch.float64 if logits.dtype == torch.float64 else torch.float32
-
-
 def _gate(logits: torch.Tensor, gate: str) -> torch.Tensor:
     if gate not in _GATES:
         raise ValueError(f"gate must be one of {sorted(_GATES)}, got {gate!r}")
@@ -113,25 +112,6 @@ def _selected_first(mask: torch.Tensor) -> torch.Tensor:
     return torch.sort(mask.detach(), dim=-1, descending=True, stable=True).indices
 
 
-def mode_routing(logits: torch.Tensor, k_min: int, k_max: int,
-                 size_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""The MAP subset (DESIGN.md §1) as ``(order, size)``.
-
-    ``order`` ``(..., n)`` int64 is the experts by decreasing logit (ties: lower index first), so
-    the mode is ``order[..., :size]``; ``size`` ``(...,)`` int64 is ``k`` for Exact-k
-    (``k_min == k_max``) and :math:`j^*` for the band (ties: the smaller size).
-    Cost: :math:`O(n \log n)` per row.
-    """
-    sorted_logits, order = torch.sort(logits.detach(), dim=-1, descending=True, stable=True)
-    if k_min == k_max:
-        return order, torch.full(logits.shape[:-1], k_min, dtype=torch.long, device=logits.device)
-    # float64 sums: ties between sizes are decided on the scores, not on float32 rounding
-    prefix = sorted_logits.double().cumsum(-1)[..., k_min - 1:k_max]
-    if size_logits is not None:
-        prefix = prefix + size_logits.detach().double()
-    return order, prefix.argmax(-1) + k_min
-
-
 def topk_route(logits: torch.Tensor, k: int, *, normalize: bool = False) -> RouterOutput:
     r"""The standard softmax top-k baseline: the ``k`` largest :math:`\mathrm{softmax}(\theta)`
     (ties: lower index), weighted by their probabilities, divided by their sum if ``normalize``.
@@ -139,53 +119,27 @@ def topk_route(logits: torch.Tensor, k: int, *, normalize: bool = False) -> Rout
     ``logits`` ``(..., n)``; all ``k`` slots valid; ``marginals`` is None.
     Cost: :math:`O(n \log n)` per row.
     """
-    n = logits.shape[-1]
-    if not 0 <= k <= n:
-        raise ValueError(f"k must satisfy 0 <= k <= n = {n}, got k={k}")
-    probs = torch.softmax(logits.to(_math_dtype(logits)), dim=-1)
-    order, _ = mode_routing(logits, k, k)
-    indices = order[..., :k]
+    check_exact_k(k, logits.shape[-1])
+    probs = torch.softmax(logits.to(math_dtype(logits.dtype)), dim=-1)
+    indices = torch.sort(probs.detach(), dim=-1, descending=True, stable=True).indices[..., :k]
     weights = _normalized(probs.gather(-1, indices), normalize)
     valid = torch.ones_like(indices, dtype=torch.bool)
     return RouterOutput(indices, weights, valid, None, logits)
 
 
-def _resolve_sizes(n: int, k: int | None, k_min: int | None, k_max: int | None) -> tuple[int, int]:
-    """``(k_min, k_max)`` from the Exact-k or Dynamic-k arguments, validated (DESIGN.md §5)."""
+def _band(n: int, k: int | None, k_min: int | None, k_max: int | None) -> tuple[int, int]:
+    """``(k_min, k_max)`` from the Exact-k or the Dynamic-k arguments, checked (DESIGN.md §5)."""
     if k is not None:
         if k_min is not None or k_max is not None:
             raise ValueError(f"give either k or (k_min, k_max), not both; got k={k}, "
                              f"k_min={k_min}, k_max={k_max}")
-        if not 0 <= k <= n:
-            raise ValueError(f"k must satisfy 0 <= k <= n = {n}, got k={k}")
+        check_exact_k(k, n)
         return k, k
     if k_min is None or k_max is None:
         raise ValueError(f"give k (Exact-k) or both k_min and k_max (Dynamic-k); got "
                          f"k_min={k_min}, k_max={k_max}")
-    if not 1 <= k_min <= k_max <= n:
-        raise ValueError(f"need 1 <= k_min <= k_max <= n = {n}, got k_min={k_min}, k_max={k_max}")
+    check_band(k_min, k_max, n)
     return k_min, k_max
-
-
-def _validate_rows(theta: torch.Tensor, k_min: int, batch_shape: torch.Size) -> None:
-    """DESIGN.md §5: no NaN/+inf, at least ``k_min`` finite logits per row; ``theta`` ``(T, n)``."""
-    for problem, bad in (("NaN", theta.isnan().any(-1)), ("+inf", (theta == torch.inf).any(-1)),
-                         (f"fewer than {k_min} finite entries", theta.isfinite().sum(-1) < k_min)):
-        if bad.any():
-            flat = int(bad.nonzero()[0, 0])
-            index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), batch_shape))
-            where = index[0] if len(index) == 1 else index
-            raise ValueError(f"logits has {problem} in batch row {where}")
-
-
-def _check_size_logits(size_logits, k, k_min: int, k_max: int) -> None:
-    if size_logits is None:
-        return
-    if k is not None:
-        raise ValueError("size_logits need Dynamic-k (k_min, k_max), not k")
-    if tuple(size_logits.shape) != (k_max - k_min + 1,):
-        raise ValueError(f"size_logits must have shape (k_max - k_min + 1,) = "
-                         f"({k_max - k_min + 1},), got {tuple(size_logits.shape)}")
 
 
 def route(logits: torch.Tensor, *, k: int | None = None, k_min: int | None = None,
@@ -196,51 +150,48 @@ def route(logits: torch.Tensor, *, k: int | None = None, k_min: int | None = Non
           validate_args: bool | None = None) -> RouterOutput:
     r"""Exact probabilistic routing (module docstring; DESIGN.md §2).
 
-    ==================  ===================  ==================================================
-    argument            shape                dtype
-    ==================  ===================  ==================================================
-    ``logits``          ``(..., n)``         float16/bfloat16/float32 (math in float32) or float64
-    ``size_logits``     ``(k_max-k_min+1,)`` Dynamic-k :math:`\phi_j`, ``j = k_min..k_max``
-    result              :class:`RouterOutput` ``K = k`` or ``k_max`` slots
-    ==================  ===================  ==================================================
+    ==================  =====================  ================================================
+    argument            shape                  dtype
+    ==================  =====================  ================================================
+    ``logits``          ``(..., n)``           float16/bfloat16/float32 (math in float32) or
+                                               float64
+    ``size_logits``     ``(..., L)`` / ``(L,)``  Dynamic-k :math:`\phi_j`, ``j = k_min..k_max``,
+                                               ``L = k_max - k_min + 1``
+    result              :class:`RouterOutput`  ``K = k`` or ``k_max`` slots
+    ==================  =====================  ================================================
 
     ``training`` selects sample + straight-through weights; otherwise the mode, or a sample if
-    ``sample_at_inference``. ``generator`` drives the sampler (same generator state, same
-    routing). ``backend``: ``"auto"`` or ``"torch"`` (the fast core's batched torch DP, its
-    only backend so far). Bad input (NaN/+∞ logits, sizes out of range, a row with fewer finite
-    logits than ``k`` or ``k_min``) raises ``ValueError`` naming the row; ``validate_args`` (default: ``torch.distributions.Distribution``'s global switch)
-    turns these data checks off for hot loops (the size checks always run).
+    ``sample_at_inference`` (then ``marginals`` is returned too: one DP table gives both).
+    ``generator`` drives the sampler: same generator state, same routing. ``backend`` goes to
+    the fast core (:mod:`probmoe_fast.ops.backend`). Bad input (NaN/+∞ logits, sizes out of
+    range, a row with fewer finite logits than ``k`` or ``k_min``, misshaped ``size_logits``)
+    raises ``ValueError`` naming the batch index; ``validate_args`` (default: the
+    ``torch.distributions.Distribution`` switch) turns the data checks off for hot loops (the
+    size checks always run).
     Cost per row: :math:`O(nK)` (sampling) or :math:`O(n \log n)` (mode).
     """
     n = logits.shape[-1]
-    exact_k = k
-    k_min, k_max = _resolve_sizes(n, k, k_min, k_max)
-    _check_size_logits(size_logits, exact_k, k_min, k_max)
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
-    theta = logits.reshape(-1, n).to(_math_dtype(logits))
+    exact = k is not None
+    k_min, k_max = _band(n, k, k_min, k_max)
+    if size_logits is not None and exact:
+        raise ValueError("size_logits need Dynamic-k (k_min, k_max), not k")
+    if size_logits is not None:
+        check_size_logits(size_logits, logits.shape[:-1], k_max - k_min + 1)
+    resolve_backend(backend)
     if _validation_on(validate_args):
-        _validate_rows(theta, k_min, logits.shape[:-1])
-    phi = None if size_logits is None or k_min == k_max else size_logits.to(theta.dtype)
+        check_logits(logits)
+        check_enough_finite(logits, k_min, "k" if exact else "k_min")
+    theta = logits.to(math_dtype(logits.dtype))
+    phi = None if size_logits is None else size_logits.to(theta.dtype)
     gate_weights = _gate(theta, gate)
     if training or sample_at_inference:
-        if k_max == 0:  # the empty subset is the only one: z = m = 0, Cov = 0
-            z = m = torch.zeros_like(theta)
-        else:
-            size_rows = None if phi is None else phi.expand(theta.shape[0], -1)
-            _, _, m, z = esp_forward(theta, k_min, k_max, size_rows, n_samples=1,
-                                     generator=generator)
-        mask = straight_through(z, m) if training else z
-        indices, weights, valid = _gather_slots(mask, _selected_first(z), gate_weights, k_max,
+        z, marginals = sample_and_marginals(theta, k_min, k_max, phi, generator=generator,
+                                            backend=backend)
+        carrier = straight_through(z, marginals) if training else z
+        indices, weights, valid = _gather_slots(carrier, _selected_first(z), gate_weights, k_max,
                                                 normalize)
-        marginals = m
-    else:
-        order, size = mode_routing(theta, k_min, k_max, phi)
-        valid = torch.arange(k_max, device=theta.device) < size.unsqueeze(-1)
-        indices = order[..., :k_max]
-        weights = _normalized(gate_weights.gather(-1, indices) * valid, normalize)
-        marginals = None
-    batch = logits.shape[:-1]
-    return RouterOutput(indices.reshape(*batch, k_max), weights.reshape(*batch, k_max),
-                        valid.reshape(*batch, k_max),
-                        None if marginals is None else marginals.reshape(*batch, n), logits)
+        return RouterOutput(indices, weights, valid, marginals, logits)
+    mask = mode_mask(theta, k_min, k_max, phi)
+    indices, weights, valid = _gather_slots(mask, _selected_first(mask), gate_weights, k_max,
+                                            normalize)
+    return RouterOutput(indices, weights, valid, None, logits)

@@ -148,7 +148,7 @@ def test_same_generator_same_routing_and_eval_is_deterministic_top_k():
     assert torch.equal(y4, y5)
     logits = a4["routing"].logits
     top2 = torch.sort(logits, dim=-1, descending=True, stable=True).indices[:, :2]
-    assert torch.equal(a4["routing"].indices, top2)
+    assert torch.equal(a4["routing"].indices.sort(-1).values, top2.sort(-1).values)
     assert a4["routing"].marginals is None and "expected_load_loss" not in a4
 
 

@@ -176,20 +176,21 @@ def test_extra_batch_dimensions_are_kept():
     assert torch.equal(r.indices.reshape(6, 3), flat.indices)
 
 
+INF = float("inf")
 BAD = [
-    (dict(k=2), [[0.0, 1.0, 2.0], [0.0, float("nan"), 1.0]], "NaN.*row 1"),         # NaN
-    (dict(k=2), [[0.0, float("inf"), 1.0]], r"\+inf.*row 0|inf.*row 0"),            # +inf
-    (dict(k=2), [[0.0, 1.0, 2.0], [0.0, -float("inf"), -float("inf")]], "row 1"),   # too few finite
-    (dict(k_min=2, k_max=3), [[1.0, -float("inf"), -float("inf")]], "row 0"),       # band too few
-    (dict(k=4), [[0.0, 1.0, 2.0]], "k"),                                            # k > n
-    (dict(k=-1), [[0.0, 1.0, 2.0]], "k"),                                           # k < 0
-    (dict(k_min=0, k_max=2), [[0.0, 1.0, 2.0]], "k_min"),                           # k_min < 1
-    (dict(k_min=3, k_max=2), [[0.0, 1.0, 2.0]], "k_min"),                           # k_min > k_max
-    (dict(k=1, k_min=1, k_max=2), [[0.0, 1.0, 2.0]], "either"),                     # both forms
-    (dict(k=1, gate="relu"), [[0.0, 1.0, 2.0]], "gate"),                            # bad gate
-    (dict(k=1, backend="cuda"), [[0.0, 1.0, 2.0]], "backend"),                      # bad backend
-    (dict(k=1, size_logits=torch.zeros(1)), [[0.0, 1.0, 2.0]], "Dynamic-k"),        # phi with k
-    (dict(k_min=1, k_max=2, size_logits=torch.zeros(3)), [[0.0, 1.0, 2.0]], r"\(2,\)"),  # len
+    (dict(k=2), [[0.0, 1.0, 2.0], [0.0, float("nan"), 1.0]], r"NaN.*batch index \(1,\)"),  # NaN
+    (dict(k=2), [[0.0, INF, 1.0]], r"\+inf.*batch index \(0,\)"),                          # +inf
+    (dict(k=2), [[0.0, 1.0, 2.0], [0.0, -INF, -INF]], r"\(1,\) has 1 finite.*k=2"),         # few
+    (dict(k_min=2, k_max=3), [[1.0, -INF, -INF]], r"\(0,\) has 1 finite.*k_min=2"),         # band
+    (dict(k=4), [[0.0, 1.0, 2.0]], "k must satisfy"),                                  # k > n
+    (dict(k=-1), [[0.0, 1.0, 2.0]], "k must satisfy"),                                 # k < 0
+    (dict(k_min=0, k_max=2), [[0.0, 1.0, 2.0]], "1 <= k_min <= k_max"),                # k_min < 1
+    (dict(k_min=3, k_max=2), [[0.0, 1.0, 2.0]], "1 <= k_min <= k_max"),                # empty band
+    (dict(k=1, k_min=1, k_max=2), [[0.0, 1.0, 2.0]], "either"),                        # both forms
+    (dict(k=1, gate="relu"), [[0.0, 1.0, 2.0]], "gate"),                               # bad gate
+    (dict(k=1, backend="cuda"), [[0.0, 1.0, 2.0]], "backend"),                         # bad backend
+    (dict(k=1, size_logits=torch.zeros(1)), [[0.0, 1.0, 2.0]], "Dynamic-k"),           # phi with k
+    (dict(k_min=1, k_max=2, size_logits=torch.zeros(3)), [[0.0, 1.0, 2.0]], "= 2"),    # phi length
 ]
 
 
@@ -203,11 +204,11 @@ def test_bad_input_raises_value_error_naming_the_row(kwargs, rows, match, traini
 def test_bad_row_names_its_multi_dimensional_index_and_validation_can_be_turned_off():
     theta = torch.zeros(2, 3, 4)
     theta[1, 2, 0] = float("nan")
-    with pytest.raises(ValueError, match=r"NaN in batch row \(1, 2\)"):
+    with pytest.raises(ValueError, match=r"NaN.*batch index \(1, 2\)"):
         route(theta, k=2, training=False)
     theta[1, 2, 0] = 0.0
     theta[0, 1, 1:] = -float("inf")
-    with pytest.raises(ValueError, match=r"fewer than 2 finite entries in batch row \(0, 1\)"):
+    with pytest.raises(ValueError, match=r"batch index \(0, 1\) has 1 finite logits"):
         route(theta, k=2)
     theta[0, 1, 1:] = 0.0
     r = route(theta, k=2, validate_args=False, training=False)  # valid input, checks skipped
