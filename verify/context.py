@@ -3,7 +3,8 @@ r"""The implementation under test, as the checks see it: factory, device, dtype,
 ``Context.build(case, logits)`` calls the factory — ``factory(logits, k)`` for Exact-k,
 ``factory(logits, k_min, k_max)`` for Dynamic-k, adding ``size_logits=`` only for cases that have
 them (a factory that does not take them makes those checks "n/a").  ``Context.reference(case)``
-evaluates :mod:`probmoe_ref` once per case on the dtype-rounded logits and caches it.
+evaluates :mod:`probmoe_ref` once per case on the dtype-rounded logits (and size logits) and
+caches it.
 Generators are seeded from the run seed and a per-check tag, so every check is reproducible on
 its own.
 """
@@ -53,10 +54,16 @@ class Context:
         """``(B, n)`` float64 copy of the logits after rounding to the dtype under test."""
         return self.logits(case).detach().to("cpu", torch.float64).numpy()
 
+    def size_logits(self, case) -> torch.Tensor:
+        """``(B, k_max - k_min + 1)`` size logits on the device in the dtype under test."""
+        return torch.tensor(case.size_logits, dtype=self.dtype, device=self.device)
+
     def reference(self, case) -> list:
         key = id(case)
         if key not in self._refs:
-            self._refs[key] = (case, reference.rows(case, self.rounded(case), self.digits))
+            phi = None if case.size_logits is None else \
+                self.size_logits(case).to("cpu", torch.float64).numpy()
+            self._refs[key] = (case, reference.rows(case, self.rounded(case), phi, self.digits))
         return self._refs[key][1]
 
     def build(self, case, logits: torch.Tensor):
@@ -67,8 +74,7 @@ class Context:
             return self.factory(logits, case.k_min, case.k_max)
         if not _accepts(self.factory, "size_logits"):
             raise NotApplicable("factory takes no size_logits")
-        size_logits = torch.tensor(case.size_logits, dtype=self.dtype, device=self.device)
-        return self.factory(logits, case.k_min, case.k_max, size_logits=size_logits)
+        return self.factory(logits, case.k_min, case.k_max, size_logits=self.size_logits(case))
 
     def generator(self, *tags) -> torch.Generator:
         """A generator on the device, seeded by the run seed and ``tags``."""

@@ -1,13 +1,13 @@
 r"""The harness's only door into :mod:`probmoe_ref`: exact values for one case, row by row.
 
-The reference is evaluated on the logits *as the implementation under test sees them* (cast to its
-dtype and back to float64), so that rounding the input is never charged to the implementation.
+The reference is evaluated on the logits (and size logits) *as the implementation under test sees
+them* (cast to its dtype and back to float64), so that rounding the input is never charged to the implementation.
 Arbitrary precision (``digits``) is used when the implementation is held to float64's 1e-11.
 
 =========================  ==============  ==================================================
 function                   returns         meaning
 =========================  ==============  ==================================================
-``rows(case, logits)``     list of dists   one ``pr.ExactK`` / ``pr.DynamicK`` per batch row
+``rows(case, ...)``        list of dists   one ``pr.ExactK`` / ``pr.DynamicK`` per batch row
 ``marginals(d)``           ``(n,)`` f64    :math:`m_i = P(i \in S)`
 ``log_partition(d)``       float           :math:`\log Z`
 ``covariance(d)``          ``(n, n)`` f64  :math:`\mathrm{Cov}(z)`, the marginals' Jacobian
@@ -30,13 +30,14 @@ __all__ = ["rows", "marginals", "log_partition", "covariance", "support", "size_
            "expected_surrogate"]
 
 
-def rows(case, logits: np.ndarray, digits: int | None) -> list:
-    """One reference distribution per batch row of ``logits`` ``(B, n)`` (float64)."""
+def rows(case, logits: np.ndarray, size_logits: np.ndarray | None, digits: int | None) -> list:
+    """One reference distribution per batch row of ``logits`` ``(B, n)`` (and ``size_logits``
+    ``(B, k_max - k_min + 1)`` or None), float64."""
     out = []
     for b in range(logits.shape[0]):
         if case.is_band:
-            size_logits = None if case.size_logits is None else case.size_logits[b]
-            out.append(pr.DynamicK(logits[b], case.k_min, case.k_max, size_logits=size_logits,
+            phi = None if size_logits is None else size_logits[b]
+            out.append(pr.DynamicK(logits[b], case.k_min, case.k_max, size_logits=phi,
                                    precision=digits))
         else:
             out.append(pr.ExactK(logits[b], case.k, precision=digits))
