@@ -41,7 +41,7 @@ import torch
 
 from .prefix import prefix_tables
 
-__all__ = ["ESP", "log_esp", "finite_max", "keep_level"]
+__all__ = ["ESP", "log_esp", "finite_max", "plain_rows"]
 
 #: Smallest kept plain-table level is exp(-b), per math dtype (see the module docstring).
 _FLOOR = {torch.float32: 20.0, torch.float64: 200.0}
@@ -67,12 +67,6 @@ def plain_rows(last: torch.Tensor, n_finite: torch.Tensor, k_min: int):
     fillable = torch.arange(k_min, k_min + last.shape[-1], device=last.device) <= n_finite[:, None]
     keep = last >= math.exp(-_FLOOR[last.dtype])
     return keep, (keep | ~fillable).all(dim=-1)
-
-
-def keep_level(last: torch.Tensor, n_finite: torch.Tensor, k_min: int) -> torch.Tensor | None:
-    """The kept levels when every row is plain, else None (some row needs the sorted table)."""
-    keep, plain = plain_rows(last, n_finite, k_min)
-    return keep if bool(plain.all()) else None
 
 
 def _log_levels(last: torch.Tensor, keep: torch.Tensor, offsets: torch.Tensor | None,

@@ -11,7 +11,8 @@ and these numerators are exactly the increments of level :math:`j`'s cumulative 
 :math:`P(i^* \le i) = Q_j(i) / Q_j(b)` (the normaliser :math:`e^{R_j}` cancels). Given
 :math:`i^*`, the rest is a size-:math:`(j-1)` subset of the first :math:`i^* - 1` experts. A draw
 is therefore :math:`j` inverse-CDF steps: :math:`u \sim U(0, 1]`, :math:`i^*` = the first position
-with :math:`Q_j(i) \ge u\, Q_j(b)` (a ``searchsorted``).
+with :math:`Q_j(i) \ge u\, Q_j(b)`, found as the number of positions whose CDF is below
+the target (no copy of a strided table level is needed for the count).
 
 Why a zero-weight (masked) expert is never chosen: its increment is exactly 0, so the first
 position reaching the target never sits on it unless the target is :math:`\le 0`; :math:`u > 0`
@@ -27,7 +28,7 @@ name           shape                   meaning
 returns        ``(R, n)``              0/1 masks in expert order, the tables' dtype
 =============  ======================  ==============================================
 
-Cost: :math:`O(R\,K \log n)` time after the :math:`O(TnK)` table, :math:`O(Rn)` memory;
+Cost: :math:`O(R\,K n)` time after the :math:`O(TnK)` table, :math:`O(Rn)` memory;
 ``K`` Python-level steps. Randomness only from ``generator``.
 """
 
@@ -68,7 +69,7 @@ def sample_subsets(tables: list[torch.Tensor], order: torch.Tensor, sizes: torch
     u = _uniform_open_closed((n_steps, n_draws), generator, tables[0])
     for step in range(n_steps):
         if source is None:
-            level = tables[n_steps - step].contiguous()
+            level = tables[n_steps - step]
             active = None
         else:
             active = remaining > 0
@@ -77,7 +78,10 @@ def sample_subsets(tables: list[torch.Tensor], order: torch.Tensor, sizes: torch
             level = stacked[source, remaining.clamp(min=0)]  # (R, n)
         # restrict each row to its first `bound` positions by reading its CDF up to there
         total = level.gather(-1, (bound - 1).clamp(min=0).unsqueeze(-1))
-        position = torch.searchsorted(level, u[step].unsqueeze(-1) * total).clamp(max=n - 1)
+        # first position whose CDF reaches the target = how many positions stay below it
+        # (the CDF is nondecreasing; a strided view needs no copy for this count)
+        below = level < u[step].unsqueeze(-1) * total
+        position = below.sum(-1, keepdim=True).clamp(max=n - 1)
         if active is None:
             chosen.scatter_(-1, position, 1.0)
             bound = position.squeeze(-1)

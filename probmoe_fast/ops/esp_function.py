@@ -9,35 +9,39 @@ Forward, for logits :math:`\theta` ``(T, n)`` and the band :math:`k_{\min}..k_{\
     m = \nabla_\theta \log Z = \nabla_\theta \operatorname{logsumexp}_j(\phi_j + jc + \ell_j),
     \qquad z \sim P(\cdot \mid \theta, \phi).
 
-:math:`m` is the adjoint (reverse-mode) pass of the prefix DP, i.e. the forward–backward
-algorithm: the prefix table's adjoint is the suffix table. Backward receives cotangents
-:math:`(\bar\ell, v)` and returns
+Backward receives cotangents :math:`(\bar\ell, v)` and returns
 
 .. math::
 
     \bar\theta = \sum_j \bar\ell_j \nabla_\theta \ell_j + \mathrm{Cov}(z)\, v, \qquad
-    \bar\phi = \nabla_\phi \langle v, m \rangle,
+    \bar\phi = \nabla_\phi \langle v, m \rangle
 
-by recomputing the DP with autograd on (``m`` is symmetric's Jacobian: :math:`\partial m/\partial
-\theta = \mathrm{Cov}(z)`, so the vector–Jacobian product is the second derivative of
-:math:`\log Z` along :math:`v`). Only the inputs are saved for backward (the tables are
-recomputed), and the recomputation is itself differentiable when ``create_graph`` is on, so the
-marginals are twice differentiable (``gradgradcheck``).
+(:math:`\partial m / \partial \theta = \mathrm{Cov}(z)` is symmetric, so the vector–Jacobian
+product is :math:`\mathrm{Cov}(z) v`). Two routes, chosen per row:
 
-=============  =====================  ====================================================
-name           shape                  meaning
-=============  =====================  ====================================================
-``theta``      ``(T, n)``             float32 / float64 logits
-``size_logits````(T, L)`` or None     :math:`\phi`, :math:`L = k_{\max} - k_{\min} + 1`
-``log_e``      ``(T, L)``             :math:`\ell_j`
-``shift``      ``(T,)``               :math:`c` (no gradient)
-``marginals``  ``(T, n)``             :math:`m`
-``sample``     ``(S*T, n)`` / ``(0,)``  0/1 masks, draw r from row r mod T (no gradient)
-=============  =====================  ====================================================
+* **fast** (:mod:`probmoe_fast.ops.fast_path`, rows that pass the plain-table check): explicit
+  forward–backward tables for :math:`m`, tilted (dual-number) tables for :math:`\mathrm{Cov}(z)v`;
+* **general** (every other row, and every double backward): :math:`m` is the autograd adjoint of
+  :func:`~probmoe_fast._core.esp.log_esp` (the adjoint of the prefix table is the suffix table),
+  and backward differentiates that adjoint once more; with ``create_graph`` the recomputation is
+  itself recorded, so the marginals are twice differentiable (``gradgradcheck``).
 
-Cost: forward :math:`O(TnK)` (DP + its adjoint) plus :math:`O(STK\log n)` for samples;
-backward about three DP passes (recompute, adjoint, second-order adjoint), :math:`O(TnK)`
-transient memory; saved for backward: ``theta`` (and ``size_logits``) only.
+Only the inputs are saved for backward (the tables are recomputed).
+
+=================  =======================  ===================================================
+name               shape                    meaning
+=================  =======================  ===================================================
+``theta``          ``(T, n)``               float32 / float64 logits
+``size_logits``    ``(T, L)`` or None       :math:`\phi`, :math:`L = k_{\max} - k_{\min} + 1`
+``log_e``          ``(T, L)``               :math:`\ell_j`
+``shift``          ``(T,)``                 :math:`c` (no gradient)
+``marginals``      ``(T, n)``               :math:`m`
+``sample``         ``(S*T, n)`` / ``(0,)``  0/1 masks, draw r from row r mod T (no gradient)
+=================  =======================  ===================================================
+
+Cost: forward :math:`O(TnK)` plus :math:`O(STKn)` for samples; backward :math:`O(TnK)`
+(fast: about 2.5 forward passes); transient memory :math:`O(TnK)`; saved for backward:
+``theta`` (and ``size_logits``) only.
 """
 
 from __future__ import annotations
@@ -77,66 +81,105 @@ def draw_samples(esp, size_logits, k_min, k_max, n_samples, generator):
     return sample_subsets(esp.tables, esp.order, sizes, generator)
 
 
+def _merge(full: torch.Tensor, rows: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
+    return full.index_put((rows,), part)
+
+
+def _general_forward(theta, phi, k_min, k_max):
+    """``(esp, m)`` by the general path (autograd adjoint of :func:`log_esp`)."""
+    with torch.enable_grad():
+        leaf = theta.detach().requires_grad_()
+        esp, m = _marginals_graph(leaf, phi, k_min, k_max, create_graph=False)
+    return esp._replace(log_e=esp.log_e.detach()), m
+
+
+def _general_backward(theta, size_logits, k_min, k_max, grad_log_e, grad_m, needs_phi,
+                      create_graph):
+    """``(grad_theta, grad_phi or None)`` by differentiating the general path's adjoint."""
+    with torch.enable_grad():
+        th = theta if (create_graph and theta.requires_grad) else theta.detach().requires_grad_()
+        phi = size_logits
+        if phi is not None and not (create_graph and phi.requires_grad):
+            phi = phi.detach().requires_grad_(needs_phi)
+        esp, m = _marginals_graph(th, phi, k_min, k_max, create_graph=True)
+        if not m.requires_grad:  # k_max = 0: nothing depends on the inputs
+            return torch.zeros_like(theta), None if phi is None else torch.zeros_like(phi)
+        inputs = (th, phi) if needs_phi else (th,)
+        grad_log_e = torch.zeros_like(esp.log_e) if grad_log_e is None else grad_log_e
+        grad_m = torch.zeros_like(m) if grad_m is None else grad_m
+        # the cotangents go in as grad_outputs: the inner pass must not walk into their graph
+        grads = torch.autograd.grad((esp.log_e, m), inputs, (grad_log_e, grad_m),
+                                    create_graph=create_graph, allow_unused=True,
+                                    materialize_grads=True)
+    return grads[0], grads[1] if needs_phi else None
+
+
+def _rows(mask: torch.Tensor) -> torch.Tensor:
+    return mask.nonzero().squeeze(-1)
+
+
 class ESPFunction(torch.autograd.Function):
     r"""``(log_e, shift, marginals, sample) = ESPFunction.apply(theta, size_logits, k_min,
-    k_max, n_samples, generator)``; see the module docstring."""
+    k_max, n_samples, generator)``; see the module docstring. Rows that pass the plain-table
+    check take :mod:`probmoe_fast.ops.fast_path`; the others (and every double backward) the
+    general path."""
 
     @staticmethod
     def forward(ctx, theta, size_logits, k_min, k_max, n_samples, generator):
         ctx.set_materialize_grads(False)
         phi = None if size_logits is None else size_logits.detach()
-        shift, n_finite = finite_max(theta.detach())
-        fast = None
+        theta_d = theta.detach()
+        shift, n_finite = finite_max(theta_d)
+        plain = torch.zeros_like(shift, dtype=torch.bool)
         if k_max > 0:
-            fast = fast_forward(theta.detach(), phi, k_min, k_max, shift, n_finite)
-        if fast is not None:
-            esp, m = fast
-        else:
-            with torch.enable_grad():
-                leaf = theta.detach().requires_grad_()
-                esp, m = _marginals_graph(leaf, phi, k_min, k_max, create_graph=False)
+            esp, m, plain = fast_forward(theta_d, phi, k_min, k_max, shift, n_finite)
+        if k_max == 0 or not bool(plain.any()):
+            esp, m = _general_forward(theta_d, phi, k_min, k_max)
+        elif not bool(plain.all()):
+            rows = _rows(~plain)
+            part, m_part = _general_forward(theta_d[rows], None if phi is None else phi[rows],
+                                            k_min, k_max)
+            m = _merge(m, rows, m_part)
+            esp = esp._replace(log_e=_merge(esp.log_e, rows, part.log_e),
+                               tables=[_merge(q, rows, q_part)
+                                       for q, q_part in zip(esp.tables, part.tables)],
+                               order=_merge(esp.order, rows, part.order))
         if n_samples > 0:
             sample = draw_samples(esp, phi, k_min, k_max, n_samples, generator)
         else:
             sample = theta.new_empty(0)
         ctx.save_for_backward(theta, size_logits)
         ctx.band = (k_min, k_max)
-        ctx.fast = fast is not None
+        ctx.plain = plain
         ctx.mark_non_differentiable(esp.shift, sample)
-        return esp.log_e.detach(), esp.shift, m, sample
+        return esp.log_e, esp.shift, m, sample
 
     @staticmethod
     def backward(ctx, grad_log_e, _grad_shift, grad_m, _grad_sample):
         theta, size_logits = ctx.saved_tensors
         k_min, k_max = ctx.band
+        needs_phi = ctx.needs_input_grad[1]
         create_graph = torch.is_grad_enabled()
-        if ctx.fast and not create_graph:
+        plain = ctx.plain
+        if create_graph or not bool(plain.any()):
+            grad_theta, grad_phi = _general_backward(theta, size_logits, k_min, k_max, grad_log_e,
+                                                     grad_m, needs_phi, create_graph)
+        else:
             with torch.no_grad():
                 shift, _ = finite_max(theta)
                 grad_theta, grad_phi = fast_backward(theta, size_logits, k_min, k_max, shift,
                                                      grad_log_e, grad_m)
-            return (grad_theta if ctx.needs_input_grad[0] else None,
-                    grad_phi if ctx.needs_input_grad[1] else None, None, None, None, None)
-        with torch.enable_grad():
-            th = theta if (create_graph and theta.requires_grad) else theta.detach().requires_grad_()
-            phi = size_logits
-            if phi is not None and not (create_graph and phi.requires_grad):
-                phi = phi.detach().requires_grad_(ctx.needs_input_grad[1])
-            esp, m = _marginals_graph(th, phi, k_min, k_max, create_graph=True)
-            inputs = (th,) if not ctx.needs_input_grad[1] else (th, phi)
-            if not m.requires_grad:  # k_max = 0: nothing depends on the inputs
-                return (torch.zeros_like(theta) if ctx.needs_input_grad[0] else None,
-                        None if phi is None or not ctx.needs_input_grad[1]
-                        else torch.zeros_like(phi), None, None, None, None)
-            grad_log_e = torch.zeros_like(esp.log_e) if grad_log_e is None else grad_log_e
-            grad_m = torch.zeros_like(m) if grad_m is None else grad_m
-            # the cotangents go in as grad_outputs: the inner pass must not walk into their graph
-            grads = torch.autograd.grad((esp.log_e, m), inputs, (grad_log_e, grad_m),
-                                        create_graph=create_graph, allow_unused=True,
-                                        materialize_grads=True)
-        grad_theta = grads[0] if ctx.needs_input_grad[0] else None
-        grad_phi = grads[1] if ctx.needs_input_grad[1] else None
-        return grad_theta, grad_phi, None, None, None, None
+                if not bool(plain.all()):
+                    rows = _rows(~plain)
+                    pick = (lambda t: None if t is None else t[rows])
+                    part_theta, part_phi = _general_backward(
+                        theta[rows], pick(size_logits), k_min, k_max, pick(grad_log_e),
+                        pick(grad_m), needs_phi, False)
+                    grad_theta = _merge(grad_theta, rows, part_theta)
+                    if needs_phi:
+                        grad_phi = _merge(grad_phi, rows, part_phi)
+        return (grad_theta if ctx.needs_input_grad[0] else None,
+                grad_phi if needs_phi else None, None, None, None, None)
 
 
 def esp_forward(theta, k_min, k_max, size_logits=None, n_samples=0, generator=None):

@@ -1,5 +1,6 @@
-r"""The analytic fast path of :class:`~probmoe_fast.ops.esp_function.ESPFunction` for batches
-whose rows all pass the plain-table check of :mod:`probmoe_fast._core.esp` (the common case).
+r"""The analytic fast path of :class:`~probmoe_fast.ops.esp_function.ESPFunction` for the rows
+that pass the plain-table check of :mod:`probmoe_fast._core.esp` (the common case); the caller
+recomputes the other rows with the general path.
 
 Forward (expert-major tables of :mod:`probmoe_fast._core.expert_major`, :math:`w = e^{\theta-c}`):
 :math:`\ell_j = \log P_{n,j}`, :math:`\log Z = \operatorname{logsumexp}_j(\phi_j + jc + \ell_j)`,
@@ -34,7 +35,7 @@ import math
 import torch
 
 from .._core import expert_major as em
-from .._core.esp import ESP, keep_level
+from .._core.esp import ESP, plain_rows
 from .._core.partition import size_scores
 
 __all__ = ["fast_forward", "fast_backward"]
@@ -71,17 +72,16 @@ def _band_weights(last, keep, shift, k_min, size_logits):
 
 
 def fast_forward(theta, size_logits, k_min, k_max, shift, n_finite):
-    r"""``(ESP, m)`` for an all-plain batch, or None when a row needs the sorted table."""
+    r"""``(ESP, m, plain)``: the fast path on every row; ``plain`` ``(T,)`` marks the rows whose
+    results are exact (the others need the sorted table and must be recomputed by the caller)."""
     w, table, last = _tables(theta, shift, k_min, k_max)
-    keep = keep_level(last, n_finite, k_min)
-    if keep is None:
-        return None
+    keep, plain = plain_rows(last, n_finite, k_min)
     log_e, gamma, _ = _band_weights(last, keep, shift, k_min, size_logits)
     back = em.completion(w, _terminal(gamma, k_min, k_max))
     m = (w * em.pair_sum(table, back)).T
     levels = [table[1:, j].T for j in range(k_max + 1)]
     order = torch.arange(theta.shape[-1], device=theta.device).expand_as(theta)
-    return ESP(log_e, shift, levels, order), m
+    return ESP(log_e, shift, levels, order), m, plain
 
 
 def fast_backward(theta, size_logits, k_min, k_max, shift, grad_log_e, grad_m):

@@ -13,7 +13,7 @@ from torch.autograd import gradcheck, gradgradcheck
 
 import probmoe_fast as pf
 from verify import strategies as vs
-from verify.tolerances import vjp_tol
+from verify.tolerances import marginal_tol, vjp_tol
 
 NEG_INF = float("-inf")
 
@@ -147,3 +147,26 @@ def test_backward_saves_only_logits_sized_tensors():
     assert 0 < sum(alive.values()) <= 4 * logits_bytes, sum(alive.values()) / logits_bytes
     weights.sum().backward()
     assert torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mixed_fast_and_general_rows_in_one_batch(dtype):
+    """Rows that take the fast tables and rows that need the sorted ones (huge spread), in one
+    call: values and Cov v per row against the reference."""
+    g = torch.Generator().manual_seed(8)
+    theta = torch.randn(4, 9, generator=g, dtype=torch.float64)
+    theta[1] *= 400.0                      # wide: general path
+    theta[3, :4] = torch.tensor([300.0, -250.0, 0.5, float("-inf")])  # wide with a mask
+    v = torch.randn(4, 9, generator=g, dtype=torch.float64)
+    t = theta.to(dtype).clone().requires_grad_()
+    d = pf.ExactK(t, 3)
+    (grad,) = torch.autograd.grad(d.marginals, t, v.to(dtype))
+    seen = theta.to(dtype).double().numpy()
+    for r in range(4):
+        ref = pr.ExactK(seen[r], 3)
+        tol = marginal_tol(seen[r:r + 1], 3, dtype)[0]
+        np.testing.assert_allclose(d.marginals[r].detach().double().numpy(), ref.marginals, atol=tol,
+                                   rtol=0)
+        want = np.asarray(ref.covariance_matrix, float) @ v[r].numpy()
+        np.testing.assert_allclose(grad[r].double().numpy(), want,
+                                   atol=10 * tol * max(1.0, float(v[r].norm())), rtol=0)
