@@ -25,7 +25,7 @@ name               shape                 meaning
                                          where :math:`e_j = 0` (fewer finite logits than j)
 ``shift``          ``(T,)``              :math:`c`, detached
 ``tables``         ``k_max+1`` × (T, n)  normalised prefix levels in table order (detached)
-``order``          ``(T, n)`` int64      table position -> expert index
+``order``          ``(T, n)`` int64      table position -> expert index (None: identity)
 =================  ====================  ==================================================
 
 Cost: :math:`O(T n k_{\max})` time and transient memory, plus an :math:`O(n \log n)` sort for the
@@ -51,7 +51,7 @@ class ESP(NamedTuple):
     log_e: torch.Tensor
     shift: torch.Tensor
     tables: list[torch.Tensor]
-    order: torch.Tensor
+    order: torch.Tensor | None
 
 
 def finite_max(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

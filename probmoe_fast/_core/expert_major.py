@@ -74,8 +74,10 @@ def prefix_with_tilt(w: torch.Tensor, wv: torch.Tensor, n_levels: int) -> torch.
     r"""``(2, n+1, K+1, T)``: :math:`P` and :math:`P'` in one pass (``wv`` = :math:`w \odot v`);
     both obey the same recursion, :math:`P'` gets the extra :math:`w_l v_l P_{l,a-1}`."""
     n, rows = w.shape
-    both = w.new_zeros(n + 1, 2, n_levels + 1, rows)
+    both = w.new_empty(n + 1, 2, n_levels + 1, rows)
+    both[0] = 0
     both[:, 0, 0] = 1
+    both[:, 1, 0] = 0
     upper, lower = both[:, :, 1:].unbind(0), both[:, :, :-1].unbind(0)
     tilt_upper = both[:, 1, 1:].unbind(0)
     plain_lower = both[:, 0, :-1].unbind(0)

@@ -48,7 +48,8 @@ def _shifted(level: torch.Tensor) -> torch.Tensor:
     return F.pad(level[:, :-1], (1, 0))
 
 
-def prefix_tables(x: torch.Tensor, n_levels: int, rho: torch.Tensor | None = None) -> list[torch.Tensor]:
+def prefix_tables(x: torch.Tensor, n_levels: int,
+                  rho: torch.Tensor | None = None) -> list[torch.Tensor]:
     r"""Levels :math:`Q_0, \dots, Q_K` (``K = n_levels``) of the normalised prefix table."""
     levels = [torch.ones_like(x)]
     if n_levels == 0:

@@ -23,8 +23,8 @@ position is :math:`\le b` and has a positive increment.
 name           shape                   meaning
 =============  ======================  ==============================================
 ``tables``     ``K+1`` × ``(T, n)``    prefix levels :math:`Q_0..Q_K` in table order
-``order``      ``(T, n)`` int64        table position -> expert index
-``sizes``      ``(R,)`` int64          subset size per draw, :math:`R = S\,T`, draw r uses row r mod T
+``order``      ``(T, n)`` int64 / None table position -> expert index (None: identity)
+``sizes``      ``(R,)`` int64          subset size per draw, :math:`R = S\,T` (draw r: row r mod T)
 returns        ``(R, n)``              0/1 masks in expert order, the tables' dtype
 =============  ======================  ==============================================
 
@@ -51,10 +51,10 @@ def inverse_cdf(cumulative: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cumulative, target).squeeze(-1)
 
 
-def sample_subsets(tables: list[torch.Tensor], order: torch.Tensor, sizes: torch.Tensor,
+def sample_subsets(tables: list[torch.Tensor], order: torch.Tensor | None, sizes: torch.Tensor,
                    generator: torch.Generator | None) -> torch.Tensor:
     r"""One exact subset per entry of ``sizes``; see the module docstring."""
-    n_rows, n = order.shape
+    n_rows, n = tables[0].shape
     n_draws = sizes.shape[0]
     n_steps = len(tables) - 1
     same_size = n_draws == n_rows and bool((sizes == n_steps).all())
@@ -62,10 +62,10 @@ def sample_subsets(tables: list[torch.Tensor], order: torch.Tensor, sizes: torch
         source = None
     else:
         stacked = torch.stack(tables, dim=1)  # (T, K+1, n)
-        source = torch.arange(n_draws, device=order.device) % n_rows
+        source = torch.arange(n_draws, device=tables[0].device) % n_rows
     remaining = sizes.clone()
     bound = torch.full_like(sizes, n)  # the next member sits at a position < bound
-    chosen = torch.zeros(n_draws, n, dtype=tables[0].dtype, device=order.device)
+    chosen = torch.zeros(n_draws, n, dtype=tables[0].dtype, device=tables[0].device)
     u = _uniform_open_closed((n_steps, n_draws), generator, tables[0])
     for step in range(n_steps):
         if source is None:
@@ -89,4 +89,6 @@ def sample_subsets(tables: list[torch.Tensor], order: torch.Tensor, sizes: torch
             chosen.scatter_add_(-1, position, active.to(chosen.dtype).unsqueeze(-1))
             bound = torch.where(active, position.squeeze(-1), bound)
             remaining = remaining - active.long()
+    if order is None:  # tables in expert order
+        return chosen
     return torch.zeros_like(chosen).scatter_(-1, order if source is None else order[source], chosen)

@@ -1,5 +1,6 @@
 r"""One autograd Function for the whole fast path: per-level log ESPs, exact marginals and
-(optionally) an exact sample, sharing one DP table; backward is the exact :math:`\mathrm{Cov}(z)\,v`.
+(optionally) an exact sample, sharing one DP table; backward is the exact
+:math:`\mathrm{Cov}(z)\,v`.
 
 Forward, for logits :math:`\theta` ``(T, n)`` and the band :math:`k_{\min}..k_{\max}`:
 
@@ -68,9 +69,9 @@ def _marginals_graph(theta, size_logits, k_min, k_max, create_graph):
 
 def draw_samples(esp, size_logits, k_min, k_max, n_samples, generator):
     r"""``n_samples`` exact draws per row from ``esp``'s tables: ``(n_samples * T, n)``."""
-    n_rows = esp.order.shape[0]
+    n_rows = esp.shift.shape[0]
     if k_min == k_max:
-        sizes = torch.full((n_samples * n_rows,), k_min, dtype=torch.long, device=esp.order.device)
+        sizes = torch.full((n_samples * n_rows,), k_min, dtype=torch.long, device=esp.shift.device)
     else:
         probs = size_probs(esp.log_e.detach(), esp.shift, k_min,
                            None if size_logits is None else size_logits.detach())
@@ -140,10 +141,11 @@ class ESPFunction(torch.autograd.Function):
             part, m_part = _general_forward(theta_d[rows], None if phi is None else phi[rows],
                                             k_min, k_max)
             m = _merge(m, rows, m_part)
+            identity = torch.arange(theta.shape[-1], device=theta.device).expand_as(theta)
             esp = esp._replace(log_e=_merge(esp.log_e, rows, part.log_e),
                                tables=[_merge(q, rows, q_part)
                                        for q, q_part in zip(esp.tables, part.tables)],
-                               order=_merge(esp.order, rows, part.order))
+                               order=_merge(identity, rows, part.order))
         if n_samples > 0:
             sample = draw_samples(esp, phi, k_min, k_max, n_samples, generator)
         else:

@@ -80,8 +80,7 @@ def fast_forward(theta, size_logits, k_min, k_max, shift, n_finite):
     back = em.completion(w, _terminal(gamma, k_min, k_max))
     m = (w * em.pair_sum(table, back)).T
     levels = [table[1:, j].T for j in range(k_max + 1)]
-    order = torch.arange(theta.shape[-1], device=theta.device).expand_as(theta)
-    return ESP(log_e, shift, levels, order), m, plain
+    return ESP(log_e, shift, levels, None), m, plain
 
 
 def fast_backward(theta, size_logits, k_min, k_max, shift, grad_log_e, grad_m):

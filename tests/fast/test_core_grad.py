@@ -165,8 +165,8 @@ def test_mixed_fast_and_general_rows_in_one_batch(dtype):
     for r in range(4):
         ref = pr.ExactK(seen[r], 3)
         tol = marginal_tol(seen[r:r + 1], 3, dtype)[0]
-        np.testing.assert_allclose(d.marginals[r].detach().double().numpy(), ref.marginals, atol=tol,
-                                   rtol=0)
+        got = d.marginals[r].detach().double().numpy()
+        np.testing.assert_allclose(got, ref.marginals, atol=tol, rtol=0)
         want = np.asarray(ref.covariance_matrix, float) @ v[r].numpy()
         np.testing.assert_allclose(grad[r].double().numpy(), want,
                                    atol=10 * tol * max(1.0, float(v[r].norm())), rtol=0)

@@ -72,8 +72,9 @@ def test_bad_size_logits():
 
 @pytest.mark.parametrize("mask,match", [
     (torch.ones(3, 5), r"shape"),                                   # wrong n
-    (torch.tensor([[1.0, 0, 0, 0]] * 3), r"index \(0,\) selects 1 experts, expected k=2"),
-    (torch.tensor([[1.0, 1, 0, 0]] * 2 + [[1.0, 0.5, 0, 0]]), r"other than 0 and 1 at index \(2,\)"),
+    (torch.tensor([[1.0, 0, 0, 0]] * 3), r"index \(0,\) selects 1 experts, expected k=2"),  # wrong count
+    (torch.tensor([[1.0, 1, 0, 0]] * 2 + [[1.0, 0.5, 0, 0]]),
+     r"other than 0 and 1 at index \(2,\)"),                        # not a 0/1 mask
 ])
 def test_bad_log_prob_mask(mask, match):
     d = pf.ExactK(_logits(3, 4), 2)
@@ -86,7 +87,8 @@ def test_band_mask_count_names_sample_and_batch_index():
     mask = torch.zeros(2, 3, 4)
     mask[..., 0] = 1
     mask[1, 2] = 1  # four selected in sample 1, row 2
-    with pytest.raises(ValueError, match=r"index \(1, 2\) selects 4 experts, expected a count in \[1, 2\]"):
+    want = r"index \(1, 2\) selects 4 experts, expected a count in \[1, 2\]"
+    with pytest.raises(ValueError, match=want):
         d.log_prob(mask)
 
 
