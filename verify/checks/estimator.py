@@ -47,7 +47,7 @@ def run(ctx, case) -> list[Row]:
     (grads,) = torch.autograd.grad(loss, logits)
     g = grads.detach().to("cpu", torch.float64).numpy()         # (T, n): one draw per token
     exact = reference.expected_surrogate(ctx.reference(case)[0], row[0], values)
-    allowance = tolerances.vjp_tol(row, case.k_top, ctx.dtype, values[None])[0]
+    allowance = tolerances.vjp_tol(row, case.k_top, ctx.dtype, values[None], exact[None])[0]
     res = stats.mean_family(g.mean(axis=0), g.std(axis=0, ddof=1), n_tokens, exact,
                             np.full(case.n, allowance), ctx.alpha_each)
     worst = int(np.argmax(np.abs(g.mean(axis=0) - exact)))
