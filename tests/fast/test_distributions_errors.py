@@ -72,7 +72,8 @@ def test_bad_size_logits():
 
 @pytest.mark.parametrize("mask,match", [
     (torch.ones(3, 5), r"shape"),                                   # wrong n
-    (torch.tensor([[1.0, 0, 0, 0]] * 3), r"index \(0,\) selects 1 experts, expected k=2"),  # wrong count
+    (torch.tensor([[1.0, 0, 0, 0]] * 3),
+     r"index \(0,\) selects 1 experts, expected k=2"),              # wrong count
     (torch.tensor([[1.0, 1, 0, 0]] * 2 + [[1.0, 0.5, 0, 0]]),
      r"other than 0 and 1 at index \(2,\)"),                        # not a 0/1 mask
 ])
