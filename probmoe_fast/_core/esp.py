@@ -17,16 +17,16 @@ so every weight :math:`e^{\theta_l - c} \le 1` and no table entry can overflow. 
   normalised by the product of the top weights, so every entry lies in
   :math:`[1, \binom{n}{j}]`.
 
-=================  ====================  ==================================================
-name               shape                 meaning
-=================  ====================  ==================================================
-``theta``          ``(T, n)``            float32 / float64 logits, :math:`-\infty` = masked
-``log_e``          ``(T, k_max-k_min+1)`` :math:`\log e_j(e^{\theta - c})`, :math:`-\infty`
-                                         where :math:`e_j = 0` (fewer finite logits than j)
-``shift``          ``(T,)``              :math:`c`, detached
-``tables``         ``k_max+1`` × (T, n)  normalised prefix levels in table order (detached)
-``order``          ``(T, n)`` int64      table position -> expert index (None: identity)
-=================  ====================  ==================================================
+=============  ==========================  ===================================================
+name           shape                       meaning
+=============  ==========================  ===================================================
+``theta``      ``(T, n)``                  float32 / float64 logits, :math:`-\infty` = masked
+``log_e``      ``(T, k_max - k_min + 1)``  :math:`\log e_j(e^{\theta - c})`; :math:`-\infty`
+                                           where :math:`e_j = 0` (fewer finite logits than j)
+``shift``      ``(T,)``                    :math:`c`, detached
+``tables``     ``k_max + 1`` × ``(T, n)``  normalised prefix levels in table order (detached)
+``order``      ``(T, n)`` int64 or None    table position -> expert index (None: identity)
+=============  ==========================  ===================================================
 
 Cost: :math:`O(T n k_{\max})` time and transient memory, plus an :math:`O(n \log n)` sort for the
 wide rows only.

@@ -19,14 +19,15 @@ position reaching the target never sits on it unless the target is :math:`\le 0`
 (``1 - rand``) and :math:`u\,Q_j(b) \le Q_j(b)` in floating point (:math:`u \le 1`), so the found
 position is :math:`\le b` and has a positive increment.
 
-=============  ======================  ==============================================
-name           shape                   meaning
-=============  ======================  ==============================================
-``tables``     ``K+1`` × ``(T, n)``    prefix levels :math:`Q_0..Q_K` in table order
-``order``      ``(T, n)`` int64 / None table position -> expert index (None: identity)
-``sizes``      ``(R,)`` int64          subset size per draw, :math:`R = S\,T` (draw r: row r mod T)
-returns        ``(R, n)``              0/1 masks in expert order, the tables' dtype
-=============  ======================  ==============================================
+=============  =========================  ==================================================
+name           shape                      meaning
+=============  =========================  ==================================================
+``tables``     ``K+1`` × ``(T, n)``       prefix levels :math:`Q_0..Q_K` in table order
+``order``      ``(T, n)`` int64 or None   table position -> expert index (None: identity)
+``sizes``      ``(R,)`` int64             subset size per draw, :math:`R = S\,T`
+                                          (draw r uses row r mod T)
+returns        ``(R, n)``                 0/1 masks in expert order, the tables' dtype
+=============  =========================  ==================================================
 
 Cost: :math:`O(R\,K n)` time after the :math:`O(TnK)` table, :math:`O(Rn)` memory;
 ``K`` Python-level steps. Randomness only from ``generator``.

@@ -1,15 +1,16 @@
 r"""Batch-shaped entry points over :class:`~probmoe_fast.ops.esp_function.ESPFunction`:
 logits ``(..., n)`` of any float dtype, the math in float32 (float64 stays float64).
 
-=====================================  =================================================
-function                               returns
-=====================================  =================================================
-``math_dtype(dtype)``                  float64 for float64, else float32 (§4)
-``esp_stats(logits, k_min, k_max, …)``  ``(log_e (..., L), shift (...,), m (..., n))``
-``sample_and_marginals(…)``            ``(z (S..., ..., n), m (..., n))``: one DP table
-                                       serves the sample and the marginals
-``sample(…)``                          ``z (S..., ..., n)`` only (no marginals, no graph)
-=====================================  =================================================
+==========================================  ============================================
+function                                    returns
+==========================================  ============================================
+``math_dtype(dtype)``                       float64 for float64, else float32 (§4)
+``esp_stats(logits, k_min, k_max, ...)``    ``(log_e (..., L), shift (...,), m (..., n))``
+``sample_and_marginals(...)``               ``(z (S..., ..., n), m (..., n))``: one DP
+                                            table serves the sample and the marginals
+``sample(...)``                             ``z (S..., ..., n)`` only (no marginals, no
+                                            graph)
+==========================================  ============================================
 
 ``size_logits`` is ``(..., L)`` or ``(L,)`` with :math:`L = k_{\max} - k_{\min} + 1` (or None).
 No validation here (the callers validate, DESIGN.md §5). Cost: see
