@@ -142,3 +142,26 @@ def test_shift_invariance_and_log_e_identity(case, c):
     esp = log_esp(t[None], k, k)
     assert math.isclose(float(esp.log_e[0, 0] + k * esp.shift[0]), float(d.log_partition),
                         rel_tol=1e-12, abs_tol=1e-12)
+
+
+@pytest.mark.parametrize("dtype,floor", [(torch.float32, 20.0), (torch.float64, 200.0)])
+@pytest.mark.parametrize("offset", [-0.5, 0.5])  # just above / just below the plain-table bar
+def test_rows_at_the_plain_table_threshold(dtype, floor, offset):
+    """A row whose top-k product sits at exp(-floor +- 0.5) relative to its max: one side takes
+    the fast linear-space tables, the other the sorted ones; both exact (values and Cov v)."""
+    k, n = 4, 12
+    rng = np.random.default_rng(4)
+    theta = np.concatenate([[0.0], -(floor + offset) / (k - 1) + 0.01 * rng.normal(size=k - 1),
+                            -(floor + offset) / (k - 1) - 5.0 - rng.uniform(0, 30, n - k)])
+    seen = _as_seen(theta, dtype)
+    t = torch.as_tensor(theta).to(dtype).clone().requires_grad_()
+    d = pf.ExactK(t, k)
+    v = rng.normal(size=n)
+    (grad,) = torch.autograd.grad(d.marginals, t, torch.as_tensor(v).to(dtype))
+    ref = pr.ExactK(seen, k, precision=30 if dtype == torch.float64 else None)
+    tol = marginal_tol(seen[None], k, dtype)[0]
+    got = d.marginals.detach().double().numpy()
+    np.testing.assert_allclose(got, np.asarray(ref.marginals, float), atol=tol, rtol=0)
+    want = np.asarray(ref.covariance_matrix, float) @ v
+    np.testing.assert_allclose(grad.double().numpy(), want, atol=10 * tol * np.linalg.norm(v),
+                               rtol=0)
