@@ -27,7 +27,8 @@ product is :math:`\mathrm{Cov}(z) v`). Two routes, chosen per row:
   and backward differentiates that adjoint once more; with ``create_graph`` the recomputation is
   itself recorded, so the marginals are twice differentiable (``gradgradcheck``).
 
-Only the inputs are saved for backward (the tables are recomputed).
+Only the inputs are saved for backward (the tables are recomputed), plus the per-row shift
+:math:`c` and fast-path flags, ``(T,)`` each.
 
 =================  =======================  ===================================================
 name               shape                    meaning
@@ -41,8 +42,8 @@ name               shape                    meaning
 =================  =======================  ===================================================
 
 Cost: forward :math:`O(TnK)` plus :math:`O(STKn)` for samples; backward :math:`O(TnK)`
-(fast: about 2.5 forward passes); transient memory :math:`O(TnK)`; saved for backward:
-``theta`` (and ``size_logits``) only.
+(fast: about 2.5 forward passes); transient memory :math:`O(TnK)`; kept for backward: ``theta`` (and ``size_logits``) and two
+``(T,)`` vectors.
 """
 
 from __future__ import annotations
@@ -153,6 +154,7 @@ class ESPFunction(torch.autograd.Function):
         ctx.save_for_backward(theta, size_logits)
         ctx.band = (k_min, k_max)
         ctx.plain = plain
+        ctx.shift = shift  # (T,), no gradient; kept beside the saved inputs (1/n of their size)
         ctx.mark_non_differentiable(esp.shift, sample)
         return esp.log_e, esp.shift, m, sample
 
@@ -168,8 +170,7 @@ class ESPFunction(torch.autograd.Function):
                                                      grad_m, needs_phi, create_graph)
         else:
             with torch.no_grad():
-                shift, _ = finite_max(theta)
-                grad_theta, grad_phi = fast_backward(theta, size_logits, k_min, k_max, shift,
+                grad_theta, grad_phi = fast_backward(theta, size_logits, k_min, k_max, ctx.shift,
                                                      grad_log_e, grad_m)
                 if not bool(plain.all()):
                     rows = _rows(~plain)
