@@ -42,8 +42,8 @@ name               shape                    meaning
 =================  =======================  ===================================================
 
 Cost: forward :math:`O(TnK)` plus :math:`O(STKn)` for samples; backward :math:`O(TnK)`
-(fast: about 2.5 forward passes); transient memory :math:`O(TnK)`; kept for backward: ``theta`` (and ``size_logits``) and two
-``(T,)`` vectors.
+(fast: about 2.5 forward passes); transient memory :math:`O(TnK)`; kept for backward:
+``theta`` (and ``size_logits``) and two ``(T,)`` vectors.
 """
 
 from __future__ import annotations
