@@ -20,8 +20,8 @@ def _least_favorable(p: np.ndarray, tv: float) -> np.ndarray:
 
 
 def test_pool_reaches_min_expected_and_keeps_totals():
-    expected = np.array([0.1, 0.2, 3.0, 40.0, 1.5, 80.0, 0.4])
-    observed = np.array([0, 1, 4, 38, 2, 81, 1])
+    expected = np.array([1.0, 2.0, 30.0, 400.0, 15.0, 800.0, 4.0])   # MIN_EXPECTED is 50
+    observed = np.array([0, 1, 31, 398, 14, 805, 5])
     e, o = stats._pool(expected, observed)
     assert (e >= stats.MIN_EXPECTED).all()
     assert e.sum() == pytest.approx(expected.sum()) and o.sum() == observed.sum()
