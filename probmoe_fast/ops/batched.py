@@ -24,8 +24,7 @@ import math
 import torch
 
 from .backend import resolve_backend
-from .._core.esp import log_esp
-from .esp_function import draw_samples, esp_forward
+from .esp_function import draw_samples, esp_forward, routed_forward
 
 __all__ = ["math_dtype", "esp_stats", "sample_and_marginals", "sample"]
 
@@ -83,6 +82,6 @@ def sample(logits, k_min, k_max, size_logits=None, sample_shape=torch.Size(), ge
     n_samples = math.prod(sample_shape)
     if n_samples == 0:
         return theta.new_zeros(*sample_shape, *logits.shape)
-    esp = log_esp(theta, k_min, k_max)
+    esp, _, _ = routed_forward(theta, phi, k_min, k_max, with_marginals=False)
     z = draw_samples(esp, phi, k_min, k_max, n_samples, generator)
     return z.reshape(*sample_shape, *logits.shape)

@@ -55,7 +55,7 @@ from .._core.partition import log_partition, size_probs
 from .._core.sampling import inverse_cdf, sample_subsets
 from .fast_path import fast_backward, fast_forward
 
-__all__ = ["esp_forward", "ESPFunction", "draw_samples"]
+__all__ = ["esp_forward", "ESPFunction", "draw_samples", "routed_forward"]
 
 
 def _marginals_graph(theta, size_logits, k_min, k_max, create_graph):
@@ -120,6 +120,36 @@ def _rows(mask: torch.Tensor) -> torch.Tensor:
     return mask.nonzero().squeeze(-1)
 
 
+def routed_forward(theta, phi, k_min, k_max, with_marginals):
+    r"""``(esp, m or None, plain)`` for detached ``theta`` ``(T, n)``: the fast path on the rows
+    that pass the plain-table check, the general path on the others, merged row by row."""
+    general = _general_forward if with_marginals else _general_tables
+    if k_max == 0:  # the empty subset: nothing for the fast tables to do
+        esp, m = general(theta, phi, k_min, k_max)
+        return esp, m, torch.zeros_like(esp.shift, dtype=torch.bool)
+    shift, n_finite = finite_max(theta)
+    esp, m, plain = fast_forward(theta, phi, k_min, k_max, shift, n_finite, with_marginals)
+    if bool(plain.all()):
+        return esp, m, plain
+    if not bool(plain.any()):
+        esp, m = general(theta, phi, k_min, k_max)
+        return esp, m, plain
+    rows = _rows(~plain)
+    part, m_part = general(theta[rows], None if phi is None else phi[rows], k_min, k_max)
+    identity = torch.arange(theta.shape[-1], device=theta.device).expand_as(theta)
+    esp = esp._replace(log_e=_merge(esp.log_e, rows, part.log_e),
+                       tables=[_merge(q, rows, q_part)
+                               for q, q_part in zip(esp.tables, part.tables)],
+                       order=_merge(identity, rows, part.order))
+    return esp, None if m is None else _merge(m, rows, m_part), plain
+
+
+def _general_tables(theta, phi, k_min, k_max):
+    """``(esp, None)``: the general path's tables only (no marginals, no graph)."""
+    with torch.no_grad():
+        return log_esp(theta, k_min, k_max), None
+
+
 class ESPFunction(torch.autograd.Function):
     r"""``(log_e, shift, marginals, sample) = ESPFunction.apply(theta, size_logits, k_min,
     k_max, n_samples, generator)``; see the module docstring. Rows that pass the plain-table
@@ -130,23 +160,7 @@ class ESPFunction(torch.autograd.Function):
     def forward(ctx, theta, size_logits, k_min, k_max, n_samples, generator):
         ctx.set_materialize_grads(False)
         phi = None if size_logits is None else size_logits.detach()
-        theta_d = theta.detach()
-        shift, n_finite = finite_max(theta_d)
-        plain = torch.zeros_like(shift, dtype=torch.bool)
-        if k_max > 0:
-            esp, m, plain = fast_forward(theta_d, phi, k_min, k_max, shift, n_finite)
-        if k_max == 0 or not bool(plain.any()):
-            esp, m = _general_forward(theta_d, phi, k_min, k_max)
-        elif not bool(plain.all()):
-            rows = _rows(~plain)
-            part, m_part = _general_forward(theta_d[rows], None if phi is None else phi[rows],
-                                            k_min, k_max)
-            m = _merge(m, rows, m_part)
-            identity = torch.arange(theta.shape[-1], device=theta.device).expand_as(theta)
-            esp = esp._replace(log_e=_merge(esp.log_e, rows, part.log_e),
-                               tables=[_merge(q, rows, q_part)
-                                       for q, q_part in zip(esp.tables, part.tables)],
-                               order=_merge(identity, rows, part.order))
+        esp, m, plain = routed_forward(theta.detach(), phi, k_min, k_max, with_marginals=True)
         if n_samples > 0:
             sample = draw_samples(esp, phi, k_min, k_max, n_samples, generator)
         else:
@@ -154,7 +168,7 @@ class ESPFunction(torch.autograd.Function):
         ctx.save_for_backward(theta, size_logits)
         ctx.band = (k_min, k_max)
         ctx.plain = plain
-        ctx.shift = shift  # (T,), no gradient; kept beside the saved inputs (1/n of their size)
+        ctx.shift = esp.shift  # (T,), no gradient; kept beside the saved inputs (1/n their size)
         ctx.mark_non_differentiable(esp.shift, sample)
         return esp.log_e, esp.shift, m, sample
 

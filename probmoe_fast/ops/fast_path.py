@@ -71,14 +71,17 @@ def _band_weights(last, keep, shift, k_min, size_logits):
     return log_e, gamma, p
 
 
-def fast_forward(theta, size_logits, k_min, k_max, shift, n_finite):
-    r"""``(ESP, m, plain)``: the fast path on every row; ``plain`` ``(T,)`` marks the rows whose
-    results are exact (the others need the sorted table and must be recomputed by the caller)."""
+def fast_forward(theta, size_logits, k_min, k_max, shift, n_finite, with_marginals=True):
+    r"""``(ESP, m or None, plain)``: the fast path on every row; ``plain`` ``(T,)`` marks the rows
+    whose results are exact (the others need the sorted table and must be recomputed by the
+    caller). Without ``with_marginals`` only the prefix table is built (enough to sample)."""
     w, table, last = _tables(theta, shift, k_min, k_max)
     keep, plain = plain_rows(last, n_finite, k_min)
     log_e, gamma, _ = _band_weights(last, keep, shift, k_min, size_logits)
-    back = em.completion(w, _terminal(gamma, k_min, k_max))
-    m = (w * em.pair_sum(table, back)).T
+    m = None
+    if with_marginals:
+        back = em.completion(w, _terminal(gamma, k_min, k_max))
+        m = (w * em.pair_sum(table, back)).T
     levels = [table[1:, j].T for j in range(k_max + 1)]
     return ESP(log_e, shift, levels, None), m, plain
 

@@ -119,3 +119,13 @@ def test_mode_ties_break_toward_lower_index_and_smaller_size():
     # sizes 1 and 2 tie (phi_1 + 2 == phi_2 + 2 + 0): the smaller wins
     b = pf.DynamicK(torch.tensor([2.0, 0.0, -1.0]), 1, 2, size_logits=torch.tensor([0.0, 0.0]))
     assert b.mode.tolist() == [1.0, 0.0, 0.0]
+
+
+def test_sample_and_rsample_share_tables_on_mixed_batches():
+    """sample() and rsample() read the same tables (fast rows and sorted rows alike), so one
+    generator seed gives one draw."""
+    logits = torch.tensor([[0.0, 1.0, -0.5, 2.0, 0.3], [500.0, -300.0, 0.0, 1.0, 2.0]])
+    d = pf.DynamicK(logits, 1, 3)
+    z = d.sample((64,), generator=torch.Generator().manual_seed(4))
+    r = d.rsample((64,), generator=torch.Generator().manual_seed(4))
+    assert torch.equal(z, r.detach())
