@@ -13,10 +13,16 @@ load CV, MaxVio, routing diversity (exp of the entropy of the distribution of ro
 experts per token. A PNG of the validation curves is written if matplotlib is installed.
 
 What it shows is printed at the end from the numbers themselves (which router has the lowest
-loss, whether the gaps exceed the seed-to-seed spread); at this toy scale differences are small,
-and nothing here should be read as evidence about large models.
+loss, whether the gaps exceed the seed-to-seed spread). A recorded run of the defaults (5 seeds,
+CPU, torch 2.13): top-k 2.018 ± 0.011, Exact-k 2.066 ± 0.014, Dynamic-k 2.042 ± 0.016 nats
+(topic-known floor 1.486, topic-blind bigram 2.547), so all three learn the topic and **top-k has
+the lowest validation loss here**, Exact-k's gap exceeding twice the seed spread; Dynamic-k
+spreads load most evenly and uses about twice as many distinct expert sets, but also runs ~2.9
+experts per token against 2. The probabilistic routers train on sampled routes and are
+evaluated on the MAP route; this toy does not show a quality advantage for them, and nothing here
+should be read as evidence about large models.
 
-Run: ``python examples/compare_routers.py`` (about 2 minutes on 2 CPU cores;
+Run: ``python examples/compare_routers.py`` (60–90 s on 2 shared CPU cores, one torch thread;
 ``--steps``/``--seeds`` to change the budget).
 """
 
@@ -196,7 +202,11 @@ def main() -> None:
     parser.add_argument("--experts", type=int, default=8)
     parser.add_argument("--eval-every", dest="eval_every", type=int, default=50)
     parser.add_argument("--png", default="compare_routers.png")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (1: these matrices are too small to split, "
+                             "and extra threads spin against each other on a shared CPU)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     start = time.time()
     language = TopicMarkovLanguage(vocab=32, topics=4, sharpness=5.0,
