@@ -24,7 +24,7 @@ name           shape                       meaning
 ``log_e``      ``(T, k_max - k_min + 1)``  :math:`\log e_j(e^{\theta - c})`; :math:`-\infty`
                                            where :math:`e_j = 0` (fewer finite logits than j)
 ``shift``      ``(T,)``                    :math:`c`, detached
-``tables``     ``k_max + 1`` × ``(T, n)``  normalised prefix levels in table order (detached)
+``tables``     ``k_max + 1`` × ``(n, T)``  normalised prefix levels, position-major (detached)
 ``order``      ``(T, n)`` int64 or None    table position -> expert index (None: identity)
 =============  ==========================  ===================================================
 
@@ -116,11 +116,11 @@ def log_esp(theta: torch.Tensor, k_min: int, k_max: int) -> ESP:
     log_e = _log_levels(last, keep, None, k_min, k_max)
     order = torch.arange(n, device=theta.device).expand(n_rows, n)
     tables = [q.detach() for q in levels]
-    if bool(plain.all()):
-        return ESP(log_e, shift, tables, order)
-    rows = (~plain).nonzero().squeeze(-1)
-    log_e_s, levels_s, order_s = _sorted(theta[rows], shift[rows], n_finite[rows], k_min, k_max)
-    log_e = log_e.index_put((rows,), log_e_s)
-    tables = [q.index_put((rows,), q_s.detach()) for q, q_s in zip(tables, levels_s)]
-    order = order.index_put((rows,), order_s)
-    return ESP(log_e, shift, tables, order)
+    if not bool(plain.all()):
+        rows = (~plain).nonzero().squeeze(-1)
+        log_e_s, levels_s, order_s = _sorted(theta[rows], shift[rows], n_finite[rows], k_min,
+                                             k_max)
+        log_e = log_e.index_put((rows,), log_e_s)
+        tables = [q.index_put((rows,), q_s.detach()) for q, q_s in zip(tables, levels_s)]
+        order = order.index_put((rows,), order_s)
+    return ESP(log_e, shift, [q.T for q in tables], order)

@@ -22,7 +22,7 @@ position is :math:`\le b` and has a positive increment.
 =============  =========================  ==================================================
 name           shape                      meaning
 =============  =========================  ==================================================
-``tables``     ``K+1`` × ``(T, n)``       prefix levels :math:`Q_0..Q_K` in table order
+``tables``     ``K+1`` × ``(n, T)``       prefix levels :math:`Q_0..Q_K`, position-major
 ``order``      ``(T, n)`` int64 or None   table position -> expert index (None: identity)
 ``sizes``      ``(R,)`` int64             subset size per draw, :math:`R = S\,T`
                                           (draw r uses row r mod T)
@@ -55,41 +55,39 @@ def inverse_cdf(cumulative: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 def sample_subsets(tables: list[torch.Tensor], order: torch.Tensor | None, sizes: torch.Tensor,
                    generator: torch.Generator | None) -> torch.Tensor:
     r"""One exact subset per entry of ``sizes``; see the module docstring."""
-    n_rows, n = tables[0].shape
+    n, n_rows = tables[0].shape
     n_draws = sizes.shape[0]
     n_steps = len(tables) - 1
     same_size = n_draws == n_rows and bool((sizes == n_steps).all())
     if same_size:  # Exact-k, one draw per row: every draw reads the same level at each step
         source = None
     else:
-        stacked = torch.stack(tables, dim=1)  # (T, K+1, n)
+        stacked = torch.stack(tables, dim=0)  # (K+1, n, T)
         source = torch.arange(n_draws, device=tables[0].device) % n_rows
     remaining = sizes.clone()
     bound = torch.full_like(sizes, n)  # the next member sits at a position < bound
     chosen = torch.zeros(n_draws, n, dtype=tables[0].dtype, device=tables[0].device)
     u = _uniform_open_closed((n_steps, n_draws), generator, tables[0])
     for step in range(n_steps):
+        # Each row reads its CDF up to position `bound` - 1; the first position whose CDF
+        # reaches the target is the number of positions below it (the CDF is nondecreasing).
+        last = (bound - 1).clamp(min=0)
         if source is None:
-            level = tables[n_steps - step]
-            active = None
-        else:
-            active = remaining > 0
-            if not bool(active.any()):
-                break
-            level = stacked[source, remaining.clamp(min=0)]  # (R, n)
-        # restrict each row to its first `bound` positions by reading its CDF up to there
-        total = level.gather(-1, (bound - 1).clamp(min=0).unsqueeze(-1))
-        # first position whose CDF reaches the target = how many positions stay below it
-        # (the CDF is nondecreasing; a strided view needs no copy for this count)
-        below = level < u[step].unsqueeze(-1) * total
-        position = below.sum(-1, keepdim=True).clamp(max=n - 1)
-        if active is None:
-            chosen.scatter_(-1, position, 1.0)
-            bound = position.squeeze(-1)
-        else:
-            chosen.scatter_add_(-1, position, active.to(chosen.dtype).unsqueeze(-1))
-            bound = torch.where(active, position.squeeze(-1), bound)
-            remaining = remaining - active.long()
+            level = tables[n_steps - step]  # (n, T): reduce over positions, vectorised over rows
+            below = level < u[step] * level.gather(0, last.unsqueeze(0))
+            position = below.sum(0).clamp(max=n - 1)
+            chosen.scatter_(-1, position.unsqueeze(-1), 1.0)
+            bound = position
+            continue
+        active = remaining > 0
+        if not bool(active.any()):
+            break
+        level = stacked[remaining.clamp(min=0), :, source]  # (R, n)
+        below = level < (u[step] * level.gather(-1, last.unsqueeze(-1)).squeeze(-1)).unsqueeze(-1)
+        position = below.sum(-1).clamp(max=n - 1)
+        chosen.scatter_add_(-1, position.unsqueeze(-1), active.to(chosen.dtype).unsqueeze(-1))
+        bound = torch.where(active, position, bound)
+        remaining = remaining - active.long()
     if order is None:  # tables in expert order
         return chosen
     return torch.zeros_like(chosen).scatter_(-1, order if source is None else order[source], chosen)

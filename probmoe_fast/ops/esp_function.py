@@ -138,7 +138,7 @@ def routed_forward(theta, phi, k_min, k_max, with_marginals):
     part, m_part = general(theta[rows], None if phi is None else phi[rows], k_min, k_max)
     identity = torch.arange(theta.shape[-1], device=theta.device).expand_as(theta)
     esp = esp._replace(log_e=_merge(esp.log_e, rows, part.log_e),
-                       tables=[_merge(q, rows, q_part)
+                       tables=[_merge(q.T, rows, q_part.T).T  # position-major levels
                                for q, q_part in zip(esp.tables, part.tables)],
                        order=_merge(identity, rows, part.order))
     return esp, None if m is None else _merge(m, rows, m_part), plain

@@ -82,7 +82,7 @@ def fast_forward(theta, size_logits, k_min, k_max, shift, n_finite, with_margina
     if with_marginals:
         back = em.completion(w, _terminal(gamma, k_min, k_max))
         m = (w * em.pair_sum(table, back)).T
-    levels = [table[1:, j].T for j in range(k_max + 1)]
+    levels = [table[1:, j] for j in range(k_max + 1)]  # position-major (n, T)
     return ESP(log_e, shift, levels, None), m, plain
 
 
