@@ -118,12 +118,10 @@ def make_progress():
         from tqdm import tqdm
     except ImportError:
         print("(tqdm not installed: plain progress lines)")
-        state = {"last": None}
 
         def plain(label, step, total, loss):
             if step == total or step % max(1, total // 4) == 0:
                 print(f"  {label}: step {step}/{total}, train loss {loss:.3f}", flush=True)
-            state["last"] = label
         return plain, lambda: None
     bar = {"bar": None, "label": None}
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from probmoe_fast.nn import ExpertBank, ProbMoE
+from probmoe_fast.nn import ExpertBank, ProbMoE, TopKRouter
 
 T, D_MODEL, D_FF, E = 12, 8, 6, 5
 _ACT = {"swiglu": F.silu, "geglu": F.gelu}
@@ -239,3 +239,13 @@ def test_expert_bank_paths_agree_under_an_expanded_gradient(counts):
             assert b is None or torch.count_nonzero(b) == 0
         else:
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_router_module_instance_and_input_width_check():
+    router = TopKRouter(8, 5, 1)
+    layer = ProbMoE(8, 4, 5, router=router)
+    assert layer.router is router
+    _, aux = layer(torch.randn(3, 8))
+    assert aux["routing"].indices.shape == (3, 1) and int(aux["tokens_per_expert"].sum()) == 3
+    with pytest.raises(ValueError, match="d_model = 8"):
+        layer(torch.randn(3, 7))
