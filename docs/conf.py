@@ -79,10 +79,6 @@ html_static_path = ["_static"]
 BROKEN_DOCSTRINGS = {
     "probmoe_fast.functional.route": "malformed simple table (a cell wider than its column)",
     "probmoe_fast.nn.dispatch.dispatch_combine": "malformed simple table",
-    "probmoe_fast.ops.esp_function": "malformed simple table",
-    "probmoe_fast.ops.batched": "malformed simple table (text in the column margin)",
-    "verify.cases": "malformed simple table (text in the column margin)",
-    "verify.tolerances": "malformed simple table (bottom border does not match the top)",
 }
 
 # Methods that override torch's without a docstring would inherit torch's, whose :ref: labels
