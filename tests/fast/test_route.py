@@ -73,7 +73,7 @@ def test_training_gradient_is_cov_times_gated_cotangent_plus_gate_jacobian(case,
     want = cov @ (vz * s) + jac.T @ (vz * z)
     np.testing.assert_allclose(r.weights[0].detach().numpy(), (s * z)[r.indices[0].numpy()]
                                * r.valid[0].numpy(), rtol=0, atol=1e-15)
-    tol = vjp_tol(theta_np[None], k_max, torch.float64, (vz * s)[None])[0] + 1e-12
+    tol = vjp_tol(theta_np[None], k_max, torch.float64, (vz * s)[None], want[None])[0] + 1e-12
     np.testing.assert_allclose(grad, want, rtol=0, atol=tol)
 
 
