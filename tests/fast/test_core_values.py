@@ -165,3 +165,21 @@ def test_rows_at_the_plain_table_threshold(dtype, floor, offset):
     want = np.asarray(ref.covariance_matrix, float) @ v
     np.testing.assert_allclose(grad.double().numpy(), want, atol=10 * tol * np.linalg.norm(v),
                                rtol=0)
+
+
+@settings(max_examples=15)
+@given(st.one_of(vs.spread_logits(min_n=64, max_n=64, max_spread=100.0),
+                 vs.masked_logits(min_n=64, max_n=64, min_finite=8),
+                 vs.tied_logits(min_n=64, max_n=64)),
+       st.integers(1, 8))
+def test_moe_size_float32_within_section6(theta, k):
+    """n = 64, k <= 8 (the sizes real MoE models use): float32 marginals and log Z to §6."""
+    seen = _as_seen(theta, torch.float32)
+    d = pf.ExactK(torch.as_tensor(theta).float(), k)
+    ref = pr.ExactK(seen, k)
+    tol = marginal_tol(seen[None], k, torch.float32)[0]
+    np.testing.assert_allclose(d.marginals.double().numpy(), np.asarray(ref.marginals, float),
+                               atol=tol, rtol=0)
+    ref_log_z = float(ref.log_partition)
+    assert abs(float(d.log_partition) - ref_log_z) <= log_partition_tol(
+        np.array([ref_log_z]), torch.float32)[0]
