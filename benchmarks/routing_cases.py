@@ -15,7 +15,7 @@ import torch
 import probmoe_fast as pf
 from paper_baseline import paper_route_weights
 
-__all__ = ["SIZES", "make_inputs", "ROUTERS", "saved_bytes"]
+__all__ = ["SIZES", "make_inputs", "ROUTERS", "step", "saved_bytes"]
 
 #: (T, n, k) of the report.
 SIZES = [(4096, 64, 8), (4096, 60, 4)]
