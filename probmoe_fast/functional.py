@@ -120,8 +120,10 @@ def topk_route(logits: torch.Tensor, k: int, *, normalize: bool = False) -> Rout
     Cost: :math:`O(n \log n)` per row.
     """
     check_exact_k(k, logits.shape[-1])
-    probs = torch.softmax(logits.to(math_dtype(logits.dtype)), dim=-1)
-    indices = torch.sort(probs.detach(), dim=-1, descending=True, stable=True).indices[..., :k]
+    theta = logits.to(math_dtype(logits.dtype))
+    probs = torch.softmax(theta, dim=-1)
+    # ranked on the logits: probabilities that underflow to equal values keep their true order
+    indices = torch.sort(theta.detach(), dim=-1, descending=True, stable=True).indices[..., :k]
     weights = _normalized(probs.gather(-1, indices), normalize)
     valid = torch.ones_like(indices, dtype=torch.bool)
     return RouterOutput(indices, weights, valid, None, logits)

@@ -44,6 +44,12 @@ def test_topk_router_equals_manual_softmax_top_k(k, normalize):
     assert torch.equal(router(x).indices, r.indices)  # top-k is the same in both modes
 
 
+def test_topk_ranks_on_logits_when_probabilities_underflow():
+    # softmax gives exactly 0 to both -1000 and -800 (float64), but -800 is the larger logit
+    r = pf.topk_route(torch.tensor([[-1000.0, -800.0, 0.0]], dtype=torch.float64), 2)
+    assert r.indices.tolist() == [[2, 1]] and r.weights[0, 1] == 0
+
+
 def test_topk_ties_go_to_the_lower_index():
     router = pf.TopKRouter(3, 5, 2)
     torch.nn.init.zeros_(router.gate.weight)  # every logit equal
