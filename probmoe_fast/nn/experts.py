@@ -138,6 +138,10 @@ class ExpertBank(nn.Module):
         return grouped_mm_supported(x.device, dtype, self.d_model, self.d_ff)
 
     def forward(self, x_sorted: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        if counts.shape != (self.n_experts,) or int(counts.sum()) != x_sorted.shape[0]:
+            raise ValueError(f"counts must have shape ({self.n_experts},) and sum to the "
+                             f"{x_sorted.shape[0]} rows of x_sorted, got shape "
+                             f"{tuple(counts.shape)} summing to {int(counts.sum())}")
         if x_sorted.shape[0] == 0:
             return x_sorted.new_zeros((0, self.d_model), dtype=compute_dtype(x_sorted, self.gate_up))
         if self.uses_grouped_mm(x_sorted):

@@ -249,3 +249,9 @@ def test_router_module_instance_and_input_width_check():
     assert aux["routing"].indices.shape == (3, 1) and int(aux["tokens_per_expert"].sum()) == 3
     with pytest.raises(ValueError, match="d_model = 8"):
         layer(torch.randn(3, 7))
+
+
+@pytest.mark.parametrize("counts", [[3, 3], [3, 3, 3, 3], [3, 3, 3]])  # E = 2, E = 4, 9 != 10 rows
+def test_expert_bank_rejects_counts_that_do_not_cover_the_rows(counts):
+    with pytest.raises(ValueError, match="counts"):
+        ExpertBank(3, 16, 8)(torch.randn(10, 16), torch.tensor(counts))
