@@ -1,4 +1,5 @@
-r"""``torch.distributions`` front end: :class:`ExactK` and :class:`DynamicK` (DESIGN.md §1, §4).
+r"""``torch.distributions`` front end: :class:`ExactK` and :class:`DynamicK` (DESIGN.md §1, §4;
+the model of :cite:`zhao2026probmoe`).
 
 For logits :math:`\theta \in (\mathbb R \cup \{-\infty\})^n` per batch element:
 

@@ -1,4 +1,5 @@
-r"""Exact subset sampling by backward sampling over the prefix table.
+r"""Exact subset sampling by backward sampling over the prefix table (the conditional-Bernoulli
+draw of :cite:`chen1994weighted`, one inverse-CDF jump per member).
 
 In table order, the largest position :math:`i^*` of a size-:math:`j` subset drawn from the first
 :math:`b` experts has
