@@ -207,8 +207,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     start = time.time()
-    language = TopicMarkovLanguage(vocab=32, topics=4, sharpness=5.0,
-                                  generator=torch.Generator().manual_seed(0))
+    language = TopicMarkovLanguage(generator=torch.Generator().manual_seed(0))
     val, val_topics = language.sample(64, args.length + 1, torch.Generator().manual_seed(1))
     progress, close = make_progress()
     results = {name: [] for name in ROUTERS}

@@ -5,7 +5,8 @@ first-order Markov chain over a shared vocabulary,
 
 .. math::
 
-    x_1 \sim \mathrm{Uniform}(V), \qquad x_{t+1} \mid x_t, c \sim \mathrm{softmax}(\beta A^{(c)}_{x_t}),
+    x_1 \sim \mathrm{Uniform}(V), \qquad
+    x_{t+1} \mid x_t, c \sim \mathrm{softmax}(\beta A^{(c)}_{x_t}),
 
 where each row of :math:`A^{(c)}` has a few large entries (its likely successors), so the next
 token is predictable only once the topic is inferred from the context. A model that routes
@@ -30,8 +31,8 @@ import torch
 class TopicMarkovLanguage:
     """Topic-conditioned Markov chains; every draw takes an explicit ``torch.Generator``."""
 
-    def __init__(self, vocab: int = 64, topics: int = 8, successors: int = 3, sharpness: float = 3.0,
-                 generator: torch.Generator | None = None) -> None:
+    def __init__(self, vocab: int = 32, topics: int = 4, successors: int = 3,
+                 sharpness: float = 5.0, generator: torch.Generator | None = None) -> None:
         self.vocab, self.topics = vocab, topics
         logits = torch.zeros(topics, vocab, vocab)
         for c in range(topics):

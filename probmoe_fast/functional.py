@@ -46,7 +46,7 @@ from ._core.validation import (check_band, check_enough_finite, check_exact_k, c
 from .ops.backend import resolve_backend
 from .ops.batched import math_dtype, sample_and_marginals
 
-__all__ = ["RouterOutput", "route", "topk_route", "straight_through"]
+__all__ = ["RouterOutput", "route", "topk_route", "straight_through", "resolve_band"]
 
 _GATES = {"softmax": lambda t: torch.softmax(t, dim=-1), "sigmoid": torch.sigmoid}
 
@@ -129,7 +129,7 @@ def topk_route(logits: torch.Tensor, k: int, *, normalize: bool = False) -> Rout
     return RouterOutput(indices, weights, valid, None, logits)
 
 
-def _band(n: int, k: int | None, k_min: int | None, k_max: int | None) -> tuple[int, int]:
+def resolve_band(n: int, k: int | None, k_min: int | None, k_max: int | None) -> tuple[int, int]:
     """``(k_min, k_max)`` from the Exact-k or the Dynamic-k arguments, checked (DESIGN.md §5)."""
     if k is not None:
         if k_min is not None or k_max is not None:
@@ -174,7 +174,7 @@ def route(logits: torch.Tensor, *, k: int | None = None, k_min: int | None = Non
     """
     n = logits.shape[-1]
     exact = k is not None
-    k_min, k_max = _band(n, k, k_min, k_max)
+    k_min, k_max = resolve_band(n, k, k_min, k_max)
     if size_logits is not None and exact:
         raise ValueError("size_logits need Dynamic-k (k_min, k_max), not k")
     if size_logits is not None:

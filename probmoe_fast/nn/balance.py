@@ -19,7 +19,8 @@ Losses (differentiable, scalars):
 
 Metrics (no gradient): normalized load entropy :math:`H(f)/\log E`; coefficient of variation
 :math:`\mathrm{std}(c)/\mathrm{mean}(c)` (population std); MaxVio
-:math:`(\max_i c_i - \bar c)/\bar c` (Wang et al., 2024, "Auxiliary-loss-free load balancing"); mean router entropy
+:math:`(\max_i c_i - \bar c)/\bar c` (Wang et al., 2024, "Auxiliary-loss-free load
+balancing"); mean router entropy
 :math:`\frac1T \sum_t H(p_t)` in nats; mean experts per token; the histogram of subset sizes.
 
 Cost: all :math:`O(TE)` time and :math:`O(E)` extra memory.

@@ -4,7 +4,8 @@ Each expert :math:`e` is a gated MLP (GLU family)
 
 .. math::
 
-    f_e(x) = W^{\mathrm{down}}_e \bigl(\mathrm{act}(W^{\mathrm{gate}}_e x) \odot W^{\mathrm{up}}_e x\bigr),
+    f_e(x) = W^{\mathrm{down}}_e
+             \bigl(\mathrm{act}(W^{\mathrm{gate}}_e x) \odot W^{\mathrm{up}}_e x\bigr),
 
 with ``act`` = SiLU (``"swiglu"``) or GELU (``"geglu"``). The gate and up projections of all
 experts are stored fused as ``gate_up`` of shape ``(E, 2·d_ff, d_model)`` (rows ``[:d_ff]`` are
@@ -43,6 +44,11 @@ _GROUPED_DTYPES = {
 def _check_activation(activation: str) -> None:
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+
+
+def _init_uniform(weight: torch.Tensor, fan_in: int) -> None:
+    bound = 1.0 / math.sqrt(fan_in)
+    nn.init.uniform_(weight, -bound, bound)
 
 
 def _glu(h: torch.Tensor, activation: str, d_ff: int) -> torch.Tensor:
@@ -123,8 +129,8 @@ class ExpertBank(nn.Module):
 
     def reset_parameters(self) -> None:
         r"""Uniform :math:`\pm 1/\sqrt{\text{fan\_in}}` per projection, as ``nn.Linear`` biases."""
-        nn.init.uniform_(self.gate_up, -1.0 / math.sqrt(self.d_model), 1.0 / math.sqrt(self.d_model))
-        nn.init.uniform_(self.down, -1.0 / math.sqrt(self.d_ff), 1.0 / math.sqrt(self.d_ff))
+        _init_uniform(self.gate_up, self.d_model)
+        _init_uniform(self.down, self.d_ff)
 
     def extra_repr(self) -> str:
         return (f"n_experts={self.n_experts}, d_model={self.d_model}, d_ff={self.d_ff}, "
@@ -143,7 +149,8 @@ class ExpertBank(nn.Module):
                              f"{x_sorted.shape[0]} rows of x_sorted, got shape "
                              f"{tuple(counts.shape)} summing to {int(counts.sum())}")
         if x_sorted.shape[0] == 0:
-            return x_sorted.new_zeros((0, self.d_model), dtype=compute_dtype(x_sorted, self.gate_up))
+            dtype = compute_dtype(x_sorted, self.gate_up)
+            return x_sorted.new_zeros((0, self.d_model), dtype=dtype)
         if self.uses_grouped_mm(x_sorted):
             return self._grouped(x_sorted, counts)
         return self._loop(x_sorted, counts)
@@ -189,7 +196,8 @@ class SharedMLP(nn.Module):
         super().__init__()
         _check_activation(activation)
         factory = {"device": device, "dtype": dtype}
-        self.n_shared, self.d_model, self.d_ff, self.activation = n_shared, d_model, d_ff, activation
+        self.n_shared, self.d_model, self.d_ff = n_shared, d_model, d_ff
+        self.activation = activation
         self.width = n_shared * d_ff
         self.gate_up = nn.Parameter(torch.empty(2 * self.width, d_model, **factory))
         self.down = nn.Parameter(torch.empty(d_model, self.width, **factory))
@@ -197,9 +205,10 @@ class SharedMLP(nn.Module):
 
     def reset_parameters(self) -> None:
         r"""Uniform :math:`\pm 1/\sqrt{\text{fan\_in}}`, the same rule as :class:`ExpertBank`
-        (fan-in of ``down`` is one expert's ``d_ff``, so each shared expert starts like a routed one)."""
-        nn.init.uniform_(self.gate_up, -1.0 / math.sqrt(self.d_model), 1.0 / math.sqrt(self.d_model))
-        nn.init.uniform_(self.down, -1.0 / math.sqrt(self.d_ff), 1.0 / math.sqrt(self.d_ff))
+        (fan-in of ``down`` is one expert's ``d_ff``, so each shared expert starts like a routed
+        one)."""
+        _init_uniform(self.gate_up, self.d_model)
+        _init_uniform(self.down, self.d_ff)
 
     def extra_repr(self) -> str:
         return (f"n_shared={self.n_shared}, d_model={self.d_model}, d_ff={self.d_ff}, "

@@ -2,7 +2,8 @@ r"""The MoE layer: router → dropless expert dispatch → weighted combine (+ s
 
 .. math::
 
-    y_t = \sum_{s:\ \mathrm{valid}_{ts}} w_{ts}\, f_{i_{ts}}(x_t) + \sum_{e=1}^{n_{shared}} f^{sh}_e(x_t)
+    y_t = \sum_{s:\ \mathrm{valid}_{ts}} w_{ts}\, f_{i_{ts}}(x_t)
+          + \sum_{e=1}^{n_{shared}} f^{sh}_e(x_t)
 
 with ``(i, w, valid)`` from the router (:class:`~probmoe_fast.nn.routers.ProbRouter` by default,
 :class:`~probmoe_fast.nn.routers.TopKRouter` with ``router="topk"``, or any module with the same

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..functional import RouterOutput, route, topk_route
+from ..functional import RouterOutput, resolve_band, route, topk_route
 
 __all__ = ["ProbRouter", "TopKRouter"]
 
@@ -86,14 +86,7 @@ class ProbRouter(nn.Module):
                  device=None, dtype=None) -> None:
         super().__init__()
         _check_sizes(d_model, n_experts)
-        if (k is None) == (k_min is None and k_max is None) or (k is None and None in (k_min, k_max)):
-            raise ValueError(f"give either k (Exact-k) or both k_min and k_max (Dynamic-k); "
-                             f"got k={k}, k_min={k_min}, k_max={k_max}")
-        if k is not None and not 0 <= k <= n_experts:
-            raise ValueError(f"k must satisfy 0 <= k <= n_experts = {n_experts}, got k={k}")
-        if k is None and not 1 <= k_min <= k_max <= n_experts:
-            raise ValueError(f"need 1 <= k_min <= k_max <= n_experts = {n_experts}, "
-                             f"got k_min={k_min}, k_max={k_max}")
+        resolve_band(n_experts, k, k_min, k_max)
         if learn_size_logits and k is not None:
             raise ValueError("learn_size_logits needs Dynamic-k (k_min, k_max), not k")
         self.d_model, self.n_experts = d_model, n_experts

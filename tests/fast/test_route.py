@@ -42,7 +42,7 @@ def slots_to_experts(values, routing, n):
 
 def gate_and_jacobian(theta, gate):
     if gate == "softmax":
-        s = np.exp(theta - theta[np.isfinite(theta)].max()) if np.isfinite(theta).any() else 0 * theta
+        s = np.exp(theta - theta[np.isfinite(theta)].max())
         s = s / s.sum()
         return s, np.diag(s) - np.outer(s, s)
     s = expit(theta)

@@ -78,7 +78,8 @@ def test_prob_router_is_gate_then_route(kwargs):
 
 def test_learned_size_logits_get_the_exact_straight_through_gradient():
     # weights = (z + m - sg(m)) ⊙ softmax(θ) gathered on z, so d<v, weights>/dφ_j =
-    # Σ_i (v_i s_i) ∂m_i/∂φ_j with ∂m_i/∂φ_j = Cov(z_i, 1[|S| = j]), from the enumerated reference.
+    # Σ_i (v_i s_i) ∂m_i/∂φ_j with ∂m_i/∂φ_j = Cov(z_i, 1[|S| = j]), from the enumerated
+    # reference.
     torch.manual_seed(0)
     router = pf.ProbRouter(3, 5, k_min=1, k_max=3, learn_size_logits=True, dtype=torch.float64)
     with torch.no_grad():
