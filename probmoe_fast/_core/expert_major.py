@@ -57,7 +57,7 @@ def prefix(w: torch.Tensor, n_levels: int) -> torch.Tensor:
 
 
 def completion(w: torch.Tensor, terminal: torch.Tensor) -> torch.Tensor:
-    """``terminal`` ``(K+1, T)``: :math:`\gamma_a` (0 outside the band)."""
+    r"""``terminal`` ``(K+1, T)``: :math:`\gamma_a` (0 outside the band)."""
     n, rows = w.shape
     n_levels = terminal.shape[0] - 1
     table = w.new_empty(n + 1, n_levels + 1, rows)

@@ -49,7 +49,7 @@ def _terminal(values: torch.Tensor, k_min: int, k_max: int) -> torch.Tensor:
 
 
 def _weights(theta, shift):
-    """Expert-major weights :math:`e^{\theta - c}` ``(n, T)``."""
+    r"""Expert-major weights :math:`e^{\theta - c}` ``(n, T)``."""
     return torch.exp(theta - shift.unsqueeze(-1)).T.contiguous()
 
 
