@@ -129,3 +129,19 @@ def test_sample_and_rsample_share_tables_on_mixed_batches():
     z = d.sample((64,), generator=torch.Generator().manual_seed(4))
     r = d.rsample((64,), generator=torch.Generator().manual_seed(4))
     assert torch.equal(z, r.detach())
+
+
+def test_sample_and_marginals_entry_point():
+    """The routing entry point: batch shapes, sample shapes, band sizes, one table for both."""
+    g = torch.Generator().manual_seed(12)
+    logits = torch.randn(3, 5, 10, generator=g).to(torch.bfloat16)
+    phi = torch.tensor([0.3, -0.2, 0.1])
+    z, m = pf.sample_and_marginals(logits, 2, 4, size_logits=phi, sample_shape=(6,), generator=g)
+    assert z.shape == (6, 3, 5, 10) and m.shape == (3, 5, 10)
+    assert z.dtype == m.dtype == torch.float32
+    sizes = z.sum(-1)
+    assert ((sizes >= 2) & (sizes <= 4)).all() and ((z == 0) | (z == 1)).all()
+    torch.testing.assert_close(m, pf.DynamicK(logits, 2, 4, size_logits=phi).marginals)
+    z_exact, m_exact = pf.sample_and_marginals(logits[0], 3, 3, generator=g)
+    assert z_exact.shape == (5, 10) and (z_exact.sum(-1) == 3).all()
+    torch.testing.assert_close(m_exact.sum(-1), torch.full((5,), 3.0))
