@@ -170,6 +170,18 @@ def test_bf16_parameters_and_autocast():
         ya, aa = ref(x)
     assert ya.dtype == torch.bfloat16
 
+    # Training under autocast: the sampled routing and its straight-through gradient still work.
+    band = ProbMoE(16, 8, 6, k_min=1, k_max=3, learn_size_logits=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        yt, at = band(x, generator=gen(0))
+        loss = yt.float().square().mean() + at["expected_load_loss"]
+    assert at["routing"].logits.dtype == torch.bfloat16
+    assert at["routing"].marginals.dtype == torch.float32
+    loss.backward()
+    for name, p in band.named_parameters():
+        assert p.grad is not None and p.grad.isfinite().all(), name
+    assert torch.count_nonzero(band.router.size_logits.grad) > 0
+
     # Where bf16 rounding did not flip the routing, the outputs agree to bf16 precision.
     for y, a in ((yb, ab), (ya, aa)):
         same = (a["routing"].indices == a_ref["routing"].indices).all(-1)
