@@ -76,10 +76,6 @@ class Case:
     def has_masks(self) -> bool:
         return bool(np.isneginf(self.logits).any())
 
-    @property
-    def size_label(self) -> str:
-        return f"k={self.k_min}..{self.k_max}" if self.is_band else f"k={self.k}"
-
 
 def _draw(rng: np.random.Generator, regime: str, rows: int, n: int, min_finite: int) -> np.ndarray:
     """``(rows, n)`` logits of one regime; ``masked`` keeps at least ``min_finite`` finite."""

@@ -81,10 +81,6 @@ class Report:
             out[r.status] += 1
         return out
 
-    def extend(self, other: "Report") -> None:
-        """Append another report's rows (settings stay this report's)."""
-        self.rows.extend(other.rows)
-
     def to_json(self) -> str:
         rows = [{k: _json_number(v) for k, v in asdict(r).items()} for r in self.rows]
         return json.dumps({"ok": self.ok, "counts": self.counts(), "settings": self.settings,
