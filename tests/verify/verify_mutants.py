@@ -17,6 +17,7 @@ mutant               fault
                      (one selected expert moved onto a masked one; sizes stay right)
 ===================  ==========================================================================
 
+``reference_sampler`` is the control: exact draws from the reference law (no fault).
 Route mutants (for the estimator check): ``route_sigmoid`` (wrong gate) and
 ``route_no_straight_through`` (weights without the :math:`m - \mathrm{sg}(m)` path).
 """
@@ -85,6 +86,10 @@ def least_favorable(p: np.ndarray, tau: float) -> np.ndarray:
 
 
 class Tilted(_Wrapped):
+    """Small cases: exact draws from the tilted reference law; large cases: the real sampler."""
+
+    tau = TV
+
     def sample(self, sample_shape=torch.Size(), generator=None):
         n = self.logits.shape[-1]
         if sum(comb(n, j) for j in self.sizes) > cases.MAX_CELLS:
@@ -94,7 +99,7 @@ class Tilted(_Wrapped):
         count = int(torch.Size(sample_shape).numel())
         out = []
         for p in probs:
-            q = least_favorable(p, TV) if (p > 0).sum() > 1 else p
+            q = least_favorable(p, self.tau) if (p > 0).sum() > 1 and self.tau > 0 else p
             pick = torch.multinomial(torch.tensor(q), count, replacement=True, generator=generator)
             out.append(torch.tensor(masks)[pick])
         draws = torch.stack(out, dim=1).to(self.logits.dtype)
@@ -151,7 +156,15 @@ class MaskedSampled(_Wrapped):
         return torch.where(hit.unsqueeze(-1), moved, z)
 
 
+class ReferenceSampler(Tilted):
+    """Not a mutant: exact draws from the reference law itself (tilt 0), to measure false alarms
+    of the sampling check independently of ``probmoe_fast``'s sampler."""
+
+    tau = 0.0
+
+
 tilted_exact, tilted_dynamic = _factory(Tilted)
+reference_sampler_exact, reference_sampler_dynamic = _factory(ReferenceSampler)
 marginal_shift_exact, marginal_shift_dynamic = _factory(MarginalShift)
 log_z_shift_exact, log_z_shift_dynamic = _factory(LogZShift)
 diag_backward_exact, diag_backward_dynamic = _factory(DiagBackward)
