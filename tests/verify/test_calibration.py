@@ -1,9 +1,9 @@
 """No false alarms from the sampling statistics on an exact sampler, independently of
 ``probmoe_fast``: the control ``reference_sampler`` draws small cases exactly from the reference
 law (``torch.multinomial`` over ``probmoe_ref``'s enumerated support) and large cases with the real
-sampler.  Over 5 seeds × 2 families the quick grid's sampling check makes 150 statistical tests,
-each at level 3e-5 to 7e-5 (the quick plan's Bonferroni share, estimator included), so a
-calibrated harness fails any of them with probability below 150 × 7e-5 ≈ 1e-2; the seeds are
+sampler.  Over 5 seeds × 2 families the quick grid's sampling check makes 154 statistical tests,
+each at level about 6e-5 (1e-3 over the 15–17 tests of a quick plan, estimator included), so a
+calibrated harness fails any of them with probability below 154 × 6.7e-5 ≈ 1e-2; the seeds are
 fixed, so the outcome is deterministic.
 """
 
