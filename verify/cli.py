@@ -3,8 +3,8 @@ r"""``python -m verify``: run the grid for Exact-k and Dynamic-k, print a table,
 The family-wise false-alarm budget (1e-3) is split evenly between the two families, so the whole
 command's rate stays at most 1e-3.  ``--impl``/``--dynamic-impl``/``--route`` name a third-party
 factory as ``module:attr``; a family with no implementation to check is reported "n/a".
-Plain-text output only (no extra dependencies): a progress line on a terminal, a summary per check,
-then every failing row (every row with ``--all``).
+Plain-text output only (no extra dependencies): a progress bar on a terminal (a start and an end
+line elsewhere), a summary per check, then every failing row (every row with ``--all``).
 """
 
 from __future__ import annotations
@@ -35,11 +35,15 @@ def _load(spec: str):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m verify", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m verify",
+        description="Cross-check Exact-k and Dynamic-k implementations against probmoe_ref; "
+                    "print a table, exit 1 on any failure.")
     p.add_argument("--quick", action="store_true", help="small grid (under a minute on 2 CPU cores)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="device for the logits (default: cuda if available, else cpu)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                   help="dtype of the logits (default float32; half/bfloat16 math runs in float32)")
     p.add_argument("--seed", type=int, default=0, help="seeds the grid's logits and all samplers")
     p.add_argument("--impl", type=_load, default=None, metavar="MODULE:ATTR",
                    help="Exact-k factory to check, factory(logits, k) (default probmoe_fast.ExactK)")
@@ -57,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 class _Progress:
-    """A one-line progress bar on a terminal; silent otherwise."""
+    """A one-line progress bar on a terminal; elsewhere (CI logs) one line at start and end."""
 
     def __init__(self, family: str, stream):
         self.family, self.stream = family, stream
@@ -65,6 +69,9 @@ class _Progress:
 
     def __call__(self, done: int, total: int, label: str) -> None:
         if not self.live:
+            if done in (0, total):
+                self.stream.write(f"{self.family}: {'running' if done == 0 else 'finished'} "
+                                  f"{total} tasks\n")
             return
         width = 30
         filled = width * done // max(1, total)
