@@ -1,9 +1,9 @@
 """No false alarms from the sampling statistics on an exact sampler, independently of
 ``probmoe_fast``: the control ``reference_sampler`` draws small cases exactly from the reference
 law (``torch.multinomial`` over ``probmoe_ref``'s enumerated support) and large cases with the real
-sampler.  Over 5 seeds × 2 families the quick grid's sampling check makes 154 statistical tests,
+sampler.  Over 3 seeds × 2 families the quick grid's sampling check makes 92 statistical tests,
 each at level about 6e-5 (1e-3 over the 15–17 tests of a quick plan, estimator included), so a
-calibrated harness fails any of them with probability below 154 × 6.7e-5 ≈ 1e-2; the seeds are
+calibrated harness fails any of them with probability below 92 × 6.7e-5 ≈ 6e-3; the seeds are
 fixed, so the outcome is deterministic.
 """
 
@@ -13,7 +13,7 @@ import verify
 import verify_mutants as mut
 
 
-@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("family", ["exact", "dynamic"])
 def test_exact_sampler_passes_every_statistical_test(family, seed):
     check = verify.check_dynamic_k if family == "dynamic" else verify.check_exact_k
