@@ -115,7 +115,12 @@ def _not_checked(family: str) -> Report:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        torch.empty(0, device=args.device)
+    except (RuntimeError, AssertionError) as exc:
+        parser.error(f"--device {args.device} is not usable here: {exc}")
     exact_impl, dynamic_impl, route = args.impl, args.dynamic_impl, args.route or "auto"
     if exact_impl is None and dynamic_impl is None:
         import probmoe_fast as pf

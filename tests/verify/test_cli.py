@@ -31,3 +31,9 @@ def test_bad_impl_spec_is_a_usage_error():
     with pytest.raises(SystemExit) as exc:
         cli.main(["--impl", "no_colon_here"])
     assert exc.value.code == 2
+
+
+def test_unusable_device_is_a_usage_error():
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--quick", "--device", "no-such-device"])
+    assert exc.value.code == 2
