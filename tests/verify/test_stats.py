@@ -6,9 +6,12 @@ variation; rates are judged with binomial tolerances stated per test.  Seeds are
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats as sps
 
 from verify import stats
+from verify.checks import sampling
 
 
 def _least_favorable(p: np.ndarray, tv: float) -> np.ndarray:
@@ -117,3 +120,24 @@ def test_mean_family_false_alarm_rate():
         hits += res.p_value < 0.05
     assert hits / 1000 <= 0.05 + 4.3 * np.sqrt(0.05 * 0.95 / 1000)
     assert sps.norm.isf(0.05 / 16) == pytest.approx(res.threshold)
+
+
+@settings(max_examples=60)
+@given(st.lists(st.floats(0.0, 500.0, allow_nan=False), min_size=1, max_size=40),
+       st.integers(0, 2**31 - 1))
+def test_pool_invariants(expected, seed):
+    expected = np.asarray(expected)
+    observed = np.random.default_rng(seed).poisson(expected)
+    e, o = stats._pool(expected, observed)
+    assert e.sum() == pytest.approx(expected.sum()) and o.sum() == observed.sum()
+    # every cell reaches the minimum unless everything together does not
+    assert (e >= stats.MIN_EXPECTED).all() or e.size == 1
+
+
+@settings(max_examples=40)
+@given(st.integers(1, 200), st.integers(0, 2**31 - 1))
+def test_subset_codes_are_injective(n, seed):
+    masks = np.random.default_rng(seed).random((64, n)) < 0.3
+    codes = sampling._codes(masks).tolist()
+    distinct_masks = {m.tobytes() for m in masks}
+    assert len(set(codes)) == len(distinct_masks)
