@@ -16,13 +16,12 @@ grid          cases (n, size, regimes)
 quick         n ≤ 8 small cases in every regime and at every edge size; n = 64, k = 8
               and n = 128, k = 16 (masked) for values, backward and marginal frequencies
 full          quick's, plus more small shapes and n ∈ {16, 64, 128, 256} with
-              k ∈ {0, 1, 2, 8, 32, n − 1, n} in every regime
+              k ∈ {0, 1, 2, 8, 32, n − 1, n}; n = 256, k = 32 in every regime
 ============  ======================================================================
 
 Quick stops at n = 128 because the reference covariance (for the backward check) costs
 :math:`O(n^2 k)` in arbitrary precision: about 1 s per row at n = 128, k = 16 and 6 s at
 n = 256, k = 32.
-============  ======================================================================
 """
 
 from __future__ import annotations
