@@ -14,19 +14,20 @@ by χ² over every subset; otherwise by per-expert binomial tests (and sizes, fo
 grid          cases (n, size, regimes)
 ============  ======================================================================
 quick         n ≤ 8 small cases in every regime and at every edge size; n = 64, k = 8
-              and n = 128, k = 16 (masked) for values, backward and marginal frequencies
+              and n = 128, k = 16 for values, backward and marginal frequencies;
+              n = 256, k = 32 (spread 1e4; band 1..32) for values only
 full          quick's, plus more small shapes and n ∈ {16, 64, 128, 256} with
               k ∈ {0, 1, 2, 8, 32, n − 1, n}; n = 256, k = 32 in every regime
 ============  ======================================================================
 
-Quick stops at n = 128 because the reference covariance (for the backward check) costs
-:math:`O(n^2 k)` in arbitrary precision: about 1 s per row at n = 128, k = 16 and 6 s at
+Quick stops backward and sampling at n = 128 to stay fast: the reference covariance alone costs
+:math:`O(n^2 k)` in arbitrary precision, about 1 s per row at n = 128, k = 16 and 6 s at
 n = 256, k = 32.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import comb
 
 import numpy as np
@@ -46,6 +47,7 @@ class Case:
     k_min: int | None = None           # Dynamic-k
     k_max: int | None = None
     size_logits: np.ndarray | None = None   # (B, k_max - k_min + 1) float64
+    values_only: bool = False          # quick grid's n = 256 cases: no backward, no sampling
 
     @property
     def is_band(self) -> bool:
@@ -130,8 +132,10 @@ _LARGE_EXACT_FULL = _LARGE_EXACT_QUICK + [
 def exact_k_grid(quick: bool, seed: int) -> list[Case]:
     """Exact-k cases, small (χ²-testable) first."""
     rng = np.random.default_rng([seed, 1])
-    spec = (_SMALL_EXACT_QUICK + _LARGE_EXACT_QUICK) if quick else (_SMALL_EXACT_FULL + _LARGE_EXACT_FULL)
-    return [_exact(rng, n, k, regime) for n, k, regime in spec]
+    if not quick:
+        return [_exact(rng, n, k, regime) for n, k, regime in _SMALL_EXACT_FULL + _LARGE_EXACT_FULL]
+    cases = [_exact(rng, n, k, regime) for n, k, regime in _SMALL_EXACT_QUICK + _LARGE_EXACT_QUICK]
+    return cases + [replace(_exact(rng, 256, 32, "spread10000"), values_only=True)]
 
 
 _SMALL_BAND_QUICK = [
@@ -153,8 +157,12 @@ _LARGE_BAND_FULL = _LARGE_BAND_QUICK + [
 def band_grid(quick: bool, seed: int) -> list[Case]:
     """Dynamic-k cases, small (χ²-testable) first."""
     rng = np.random.default_rng([seed, 2])
-    spec = (_SMALL_BAND_QUICK + _LARGE_BAND_QUICK) if quick else (_SMALL_BAND_FULL + _LARGE_BAND_FULL)
-    return [_band(rng, n, lo, hi, regime, sized=sized) for n, lo, hi, regime, sized in spec]
+    if not quick:
+        spec = _SMALL_BAND_FULL + _LARGE_BAND_FULL
+        return [_band(rng, n, lo, hi, regime, sized=sized) for n, lo, hi, regime, sized in spec]
+    spec = _SMALL_BAND_QUICK + _LARGE_BAND_QUICK
+    cases = [_band(rng, n, lo, hi, regime, sized=sized) for n, lo, hi, regime, sized in spec]
+    return cases + [replace(_band(rng, 256, 1, 32, "moderate", sized=True), values_only=True)]
 
 
 def estimator_grid(band: bool, quick: bool, seed: int) -> list[Case]:

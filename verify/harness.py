@@ -48,8 +48,9 @@ def _plan(band: bool, quick: bool, seed: int, has_route: bool) -> list[_Task]:
     tasks = []
     for case in main:
         tasks.append(_Task("values", case, 0, values.run))
-        tasks.append(_Task("backward", case, 0, backward.run))
-        tasks.append(_Task("sampling", case, sampling.n_tests(case), sampling.run))
+        if not case.values_only:
+            tasks.append(_Task("backward", case, 0, backward.run))
+            tasks.append(_Task("sampling", case, sampling.n_tests(case), sampling.run))
     for case in grid.estimator_grid(band, quick, seed):
         tasks.append(_Task("estimator", case, 1 if has_route else 0, estimator.run))
     return tasks
