@@ -62,7 +62,7 @@ def _marginals_graph(theta, size_logits, k_min, k_max, create_graph):
     """``(esp, m)`` with ``m`` differentiable in ``theta`` when ``create_graph``."""
     esp = log_esp(theta, k_min, k_max)
     log_z = log_partition(esp.log_e, esp.shift, k_min, size_logits)
-    if not log_z.requires_grad:  # k_max = 0: the empty subset, m = 0
+    if k_max == 0:  # the empty subset, m = 0 (log Z may still depend on phi_0)
         return esp, torch.zeros_like(theta)
     (m,) = torch.autograd.grad(log_z.sum(), theta, create_graph=create_graph)
     return esp, m

@@ -99,6 +99,22 @@ def test_gradcheck_and_gradgradcheck(k_min, k_max, with_phi, scale, mask):
     assert gradgradcheck(outputs, args)
 
 
+@pytest.mark.parametrize("k_min,k_max", [
+    (1, 1),  # conditioning on one expert leaves the empty band 0..0, whose log Z is phi alone
+    (1, 3),  # band with size logits: the conditioned rows keep phi
+    (2, 4),  # k_min >= 2: the conditioned band starts at 1
+])
+def test_covariance_matrix_gradcheck_with_size_logits(k_min, k_max):
+    g = torch.Generator().manual_seed(k_min * 10 + k_max)
+    theta = torch.randn(2, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    phi = torch.randn(k_max - k_min + 1, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def covariance(t, p):
+        return pf.DynamicK(t, k_min, k_max, size_logits=p).covariance_matrix
+    assert gradcheck(covariance, (theta, phi))
+    assert gradgradcheck(covariance, (theta, phi))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("scale", [1.0, 1e4])
 def test_masked_experts_get_exact_zero_finite_gradients(dtype, scale):
