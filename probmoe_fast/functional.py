@@ -185,7 +185,9 @@ def route(logits: torch.Tensor, *, k: int | None = None, k_min: int | None = Non
         check_enough_finite(logits, k_min, "k" if exact else "k_min")
     theta = logits.to(math_dtype(logits.dtype))
     phi = None if size_logits is None else size_logits.to(theta.dtype)
-    gate_weights = _gate(theta, gate)
+    # k = 0 routes nowhere; its rows may have no finite logit, whose softmax (NaN) would leak
+    # into the gradient through the zero weights
+    gate_weights = _gate(theta, gate) if k_max > 0 else torch.zeros_like(theta)
     if training or sample_at_inference:
         z, marginals = sample_and_marginals(theta, k_min, k_max, phi, generator=generator,
                                             backend=backend)

@@ -16,6 +16,9 @@ from verify.stats import chi_square_gof
 from verify.tolerances import vjp_tol
 
 
+INF = float("inf")
+
+
 def gen(seed):
     return torch.Generator().manual_seed(seed)
 
@@ -168,6 +171,32 @@ def test_low_precision_logits_route_in_float32(dtype):
             torch.testing.assert_close(r.marginals.sum(-1), torch.full((16,), 3.0))
 
 
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("k,masked", [
+    (0, 4),  # k = 0 on a row with no finite logit (valid: k <= 0 finite); its softmax is NaN
+    (4, 0),  # k = n: every expert, one subset
+    (2, 2),  # all but k masked: one subset
+])
+def test_single_subset_rows_route_with_finite_gradients(k, masked, training):
+    theta = torch.randn(3, 4, generator=gen(0), dtype=torch.float64)
+    theta[1, 4 - masked:] = -INF
+    theta.requires_grad_()
+    r = route(theta, k=k, training=training, generator=gen(1))
+    assert r.valid.shape == (3, k) and r.valid.all()
+    assert torch.isfinite(r.weights).all()
+    if k == 0 and not training:  # the mode of k = 0 is empty and independent of the logits
+        assert not r.weights.requires_grad
+        return
+    v = torch.randn(r.weights.shape, generator=gen(2), dtype=torch.float64)
+    (grad,) = torch.autograd.grad((r.weights * v).sum(), theta, create_graph=True,
+                                  allow_unused=True)
+    grad = torch.zeros_like(theta) if grad is None else grad
+    assert torch.isfinite(grad).all() and (grad[1, 4 - masked:] == 0).all()
+    if grad.requires_grad:
+        (second,) = torch.autograd.grad((grad * grad.detach()).sum(), theta, allow_unused=True)
+        assert second is None or torch.isfinite(second).all()
+
+
 def test_extra_batch_dimensions_are_kept():
     theta = torch.randn(2, 3, 8, generator=gen(0))
     r = route(theta, k_min=1, k_max=3, generator=gen(1))
@@ -176,7 +205,6 @@ def test_extra_batch_dimensions_are_kept():
     assert torch.equal(r.indices.reshape(6, 3), flat.indices)
 
 
-INF = float("inf")
 BAD = [
     (dict(k=2), [[0.0, 1.0, 2.0], [0.0, float("nan"), 1.0]], r"NaN.*batch index \(1,\)"),  # NaN
     (dict(k=2), [[0.0, INF, 1.0]], r"\+inf.*batch index \(0,\)"),                          # +inf
