@@ -16,33 +16,35 @@ Layout ``(n+1, K+1, T)``: position :math:`l` (experts ``0..l-1`` seen), level :m
 
 :math:`P', B'` are the derivatives of :math:`P, B` under the tilt :math:`w_l \to w_l(1+\epsilon
 v_l)` at :math:`\epsilon = 0` (dual numbers), plus, for :math:`B'`, a second set of terminal
-weights :math:`\gamma'` carried along linearly. :func:`pair_sum` forms
-:math:`\sum_a X_{l,a} Y_{l+1,a+1}`, the weight of all subsets that contain expert :math:`l`.
+weights :math:`\gamma'` carried along linearly. The prefix tables are stored; the completion is
+only ever needed paired with them, :math:`s_l = \sum_{a<K} P_{l,a} B_{l+1,a+1}` (the weight of
+all subsets that contain expert :math:`l`, over :math:`w_l`), so it is streamed through two
+``(K+1, T)`` slabs from :math:`l = n` down, each slab paired with the stored prefix slab as it
+is formed (no completion table, no ``(n, K, T)`` product).
 
-========================  ======================  ==========================================
-function                  returns                 cost (time; memory)
-========================  ======================  ==========================================
-``prefix``                ``(n+1, K+1, T)``       :math:`n` fused ops; :math:`O(nKT)`
-``completion``            ``(n+1, K+1, T)``       :math:`n` fused ops; :math:`O(nKT)`
-``prefix_with_tilt``      ``(2, n+1, K+1, T)``    :math:`2n` fused ops; :math:`O(nKT)`
-``completion_with_tilt``  ``(2, n+1, K+1, T)``    :math:`2n` fused ops; :math:`O(nKT)`
-``pair_sum``              ``(n, T)``              one product and one sum; :math:`O(nKT)`
-========================  ======================  ==========================================
+==========================  ======================  ========================================
+function                    returns                 cost (time; memory)
+==========================  ======================  ========================================
+``prefix``                  ``(n+1, K+1, T)``       :math:`n` fused ops; :math:`O(nKT)`
+``prefix_with_tilt``        ``(n+1, 2, K+1, T)``    :math:`n` fused ops on ``(2, K, T)`` and
+                            (:math:`P, P'`)         :math:`n` on ``(K, T)``; :math:`O(nKT)`
+``pair_sums``               ``(n, T)``: :math:`s`   :math:`3n` ops on ``(K, T)``;
+                                                    :math:`O(KT)` besides the output
+``tilted_pair_sums``        ``(2, n, T)``:          :math:`5n` ops on ``(K, T)``;
+                            :math:`s`, :math:`s'`   :math:`O(KT)` besides the output
+==========================  ======================  ========================================
 
-Inputs are float32/float64, weights finite and in :math:`[0, 1]` (masked experts: exactly 0).
-Not differentiable (used inside an autograd Function's forward and first-order backward).
+with :math:`s'_l = \sum_{a<K} (P'_{l,a} B_{l+1,a+1} + P_{l,a} B'_{l+1,a+1})`, the tilt
+derivative of :math:`s_l`. Inputs are float32/float64, weights finite and in :math:`[0, 1]`
+(masked experts: exactly 0). Not differentiable (used inside an autograd Function's forward and
+first-order backward).
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["prefix", "completion", "prefix_with_tilt", "completion_with_tilt", "pair_sum"]
-
-
-def _slabs(table: torch.Tensor):
-    """Per-position views ``(levels 1..K, levels 0..K-1)`` of a ``(n+1, K+1, T)`` table."""
-    return table[:, 1:].unbind(0), table[:, :-1].unbind(0)
+__all__ = ["prefix", "prefix_with_tilt", "pair_sums", "tilted_pair_sums"]
 
 
 def prefix(w: torch.Tensor, n_levels: int) -> torch.Tensor:
@@ -50,29 +52,16 @@ def prefix(w: torch.Tensor, n_levels: int) -> torch.Tensor:
     table = w.new_empty(n + 1, n_levels + 1, rows)
     table[:, 0] = 1
     table[0, 1:] = 0
-    upper, lower = _slabs(table)
+    upper, lower = table[:, 1:].unbind(0), table[:, :-1].unbind(0)
     for l, w_l in enumerate(w.unbind(0)):
         torch.addcmul(upper[l], w_l, lower[l], out=upper[l + 1])
     return table
 
 
-def completion(w: torch.Tensor, terminal: torch.Tensor) -> torch.Tensor:
-    r"""``terminal`` ``(K+1, T)``: :math:`\gamma_a` (0 outside the band)."""
-    n, rows = w.shape
-    n_levels = terminal.shape[0] - 1
-    table = w.new_empty(n + 1, n_levels + 1, rows)
-    table[:, n_levels] = terminal[n_levels]
-    table[n, :n_levels] = terminal[:n_levels]
-    upper, lower = _slabs(table)
-    weights = w.unbind(0)
-    for l in range(n - 1, -1, -1):
-        torch.addcmul(lower[l + 1], weights[l], upper[l + 1], out=lower[l])
-    return table
-
-
 def prefix_with_tilt(w: torch.Tensor, wv: torch.Tensor, n_levels: int) -> torch.Tensor:
-    r"""``(2, n+1, K+1, T)``: :math:`P` and :math:`P'` in one pass (``wv`` = :math:`w \odot v`);
-    both obey the same recursion, :math:`P'` gets the extra :math:`w_l v_l P_{l,a-1}`."""
+    r"""``(n+1, 2, K+1, T)``: :math:`P` (``[:, 0]``) and :math:`P'` (``[:, 1]``) in one pass
+    (``wv`` = :math:`w \odot v`); both obey the same recursion, :math:`P'` gets the extra
+    :math:`w_l v_l P_{l,a-1}`."""
     n, rows = w.shape
     both = w.new_empty(n + 1, 2, n_levels + 1, rows)
     both[0] = 0
@@ -84,29 +73,41 @@ def prefix_with_tilt(w: torch.Tensor, wv: torch.Tensor, n_levels: int) -> torch.
     for l, (w_l, wv_l) in enumerate(zip(w.unbind(0), wv.unbind(0))):
         torch.addcmul(upper[l], w_l, lower[l], out=upper[l + 1])
         tilt_upper[l + 1].addcmul_(wv_l, plain_lower[l])
-    return both.transpose(0, 1)
+    return both
 
 
-def completion_with_tilt(w: torch.Tensor, wv: torch.Tensor, terminal: torch.Tensor,
-                         tilt_terminal: torch.Tensor) -> torch.Tensor:
-    r"""``(2, n+1, K+1, T)``: :math:`B` and :math:`B'` in one pass."""
+def pair_sums(w: torch.Tensor, front: torch.Tensor, terminal: torch.Tensor) -> torch.Tensor:
+    r""":math:`s` ``(n, T)`` for the prefix table ``front`` and ``terminal`` ``(K+1, T)``:
+    :math:`\gamma_a` (0 outside the band)."""
     n, rows = w.shape
-    n_levels = terminal.shape[0] - 1
-    both = w.new_empty(n + 1, 2, n_levels + 1, rows)
-    both[:, 0, n_levels] = terminal[n_levels]
-    both[n, 0, :n_levels] = terminal[:n_levels]
-    both[:, 1, n_levels] = tilt_terminal[n_levels]
-    both[n, 1, :n_levels] = tilt_terminal[:n_levels]
-    upper, lower = both[:, :, 1:].unbind(0), both[:, :, :-1].unbind(0)
-    plain_upper = both[:, 0, 1:].unbind(0)
-    tilt_lower = both[:, 1, :-1].unbind(0)
+    back, spare = terminal.clone(), terminal.clone()  # level K stays gamma_K in both
+    s = w.new_empty(n, rows)
+    weights = w.unbind(0)
+    for l in range(n - 1, -1, -1):
+        s[l] = torch.linalg.vecdot(front[l, :-1], back[1:], dim=0)
+        if l:
+            torch.addcmul(back[:-1], weights[l], back[1:], out=spare[:-1])
+            back, spare = spare, back
+    return s
+
+
+def tilted_pair_sums(w: torch.Tensor, wv: torch.Tensor, front: torch.Tensor,
+                     terminal: torch.Tensor, tilt_terminal: torch.Tensor) -> torch.Tensor:
+    r"""``(2, n, T)``: :math:`s` and :math:`s'` for the tilted prefix tables ``front``
+    ``(n+1, 2, K+1, T)`` and the terminal weights :math:`\gamma`, :math:`\gamma'`."""
+    n, rows = w.shape
+    back = torch.stack([terminal, tilt_terminal])  # (2, K+1, T): B, B'; level K stays put
+    spare = back.clone()
+    out = w.new_empty(2, n, rows)
     weights, tilted = w.unbind(0), wv.unbind(0)
     for l in range(n - 1, -1, -1):
-        torch.addcmul(lower[l + 1], weights[l], upper[l + 1], out=lower[l])
-        tilt_lower[l].addcmul_(tilted[l], plain_upper[l + 1])
-    return both.transpose(0, 1)
-
-
-def pair_sum(front: torch.Tensor, back: torch.Tensor) -> torch.Tensor:
-    r""":math:`\sum_{a<K} X_{l,a} Y_{l+1,a+1}` ``(n, T)``."""
-    return (front[:-1, :-1] * back[1:, 1:]).sum(dim=1)
+        # [sum P B, sum P' B] in one broadcast product, then the cross term sum P B'
+        both = torch.linalg.vecdot(front[l, :, :-1], back[:1, 1:], dim=1)
+        out[0, l] = both[0]
+        torch.add(both[1], torch.linalg.vecdot(front[l, 0, :-1], back[1, 1:], dim=0),
+                  out=out[1, l])
+        if l:
+            torch.addcmul(back[:, :-1], weights[l], back[:, 1:], out=spare[:, :-1])
+            spare[1, :-1].addcmul_(tilted[l], back[0, 1:])
+            back, spare = spare, back
+    return out

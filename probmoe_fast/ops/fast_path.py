@@ -23,9 +23,11 @@ i.e. :math:`\mathrm{Cov}(z) v = E[z (z \cdot v)] - m (m \cdot v)` and
 :math:`\partial (v \cdot m) / \partial \phi_j = \mathrm{Cov}(z \cdot v, [|S| = j])`.
 Masked experts have :math:`w_l = 0`, hence exactly zero marginals and gradients.
 
-Cost: forward :math:`2n` fused ops on ``(K, T)`` slabs plus :math:`O(nKT)` combination;
-backward :math:`5n` fused ops (the prefix and completion tables are recomputed, never saved,
-the tilted ones computed alongside); transient memory five ``(n+1, K+1, T)`` tables.
+Cost: forward :math:`n` fused ops for the prefix table and :math:`3n` for the streamed
+completion and its pairing (:func:`~probmoe_fast._core.expert_major.pair_sums`), all on
+``(K, T)`` slabs; backward about :math:`8n` such ops (the prefix and completion tables are
+recomputed, never saved, the tilted ones alongside). Transient memory: one ``(n+1, K+1, T)``
+table forward (it is the sampler's), two backward, plus ``O(nT)``.
 """
 
 from __future__ import annotations
@@ -80,8 +82,8 @@ def fast_forward(theta, size_logits, k_min, k_max, shift, n_finite, with_margina
     log_e, gamma, _ = _band_weights(last, keep, shift, k_min, size_logits)
     m = None
     if with_marginals:
-        back = em.completion(w, _terminal(gamma, k_min, k_max))
-        m = (w * em.pair_sum(table, back)).T
+        # (T, n) contiguous: a transposed view makes every later elementwise op ~10x slower
+        m = em.pair_sums(w, table, _terminal(gamma, k_min, k_max)).mul_(w).T.contiguous()
     levels = [table[1:, j] for j in range(k_max + 1)]  # position-major (n, T)
     return ESP(log_e, shift, levels, None), m, plain
 
@@ -92,8 +94,8 @@ def fast_backward(theta, size_logits, k_min, k_max, shift, grad_log_e, grad_m):
     w = _weights(theta, shift)
     v = torch.zeros_like(w) if grad_m is None else grad_m.T.contiguous()
     wv = w * v
-    table, front_tilt = em.prefix_with_tilt(w, wv, k_max)
-    last = table[-1, k_min:].T
+    front = em.prefix_with_tilt(w, wv, k_max)
+    last = front[-1, 0, k_min:].T
     keep = last > 0
     _, gamma, p = _band_weights(last, keep, shift, k_min, size_logits)
     if grad_log_e is None:
@@ -101,13 +103,12 @@ def fast_backward(theta, size_logits, k_min, k_max, shift, grad_log_e, grad_m):
     else:
         extra = torch.where(keep, grad_log_e / torch.where(keep, last, torch.ones_like(last)),
                             torch.zeros_like(last))
-    back, back_tilt = em.completion_with_tilt(w, wv, _terminal(gamma, k_min, k_max),
-                                              _terminal(extra, k_min, k_max))
-    m = w * em.pair_sum(table, back)  # (n, T)
+    s, s_tilt = em.tilted_pair_sums(w, wv, front, _terminal(gamma, k_min, k_max),
+                                    _terminal(extra, k_min, k_max))
+    m = w * s  # (n, T)
     m_dot_v = (m * v).sum(0)
-    grad = v * m + w * (em.pair_sum(front_tilt, back) + em.pair_sum(table, back_tilt)) \
-        - m * m_dot_v
+    grad = v * m + w * s_tilt - m * m_dot_v
     grad_phi = None
     if size_logits is not None:
-        grad_phi = gamma * front_tilt[-1, k_min:].T - m_dot_v.unsqueeze(-1) * p
-    return grad.T, grad_phi
+        grad_phi = gamma * front[-1, 1, k_min:].T - m_dot_v.unsqueeze(-1) * p
+    return grad.T.contiguous(), grad_phi
