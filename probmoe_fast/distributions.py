@@ -91,7 +91,10 @@ class _SubsetDistribution(Distribution):
             size_logits = size_logits.to(self.logits.dtype).expand(*batch_shape, k_max - k_min + 1)
         self.size_logits = size_logits
         self._cache = {}
-        super().__init__(batch_shape, self.logits.shape[-1:], validate_args=validate_args)
+        # the checks above cover arg_constraints; torch's own pass would repeat them (and its
+        # real_vector check cannot reshape an empty batch)
+        super().__init__(batch_shape, self.logits.shape[-1:], validate_args=False)
+        self._validate_args = validate
 
     @property
     def arg_constraints(self):
@@ -186,7 +189,8 @@ class _SubsetDistribution(Distribution):
     def pairwise_marginals(self) -> torch.Tensor:
         n = self.logits.shape[-1]
         theta = self.logits.reshape(-1, n)
-        phi = None if self.size_logits is None else self.size_logits.reshape(theta.shape[0], -1)
+        phi = None if self.size_logits is None else self.size_logits.reshape(
+            theta.shape[0], self.k_max - self.k_min + 1)
         pair = _pairwise(theta, self.k_min, self.k_max, phi, self.marginals.reshape(-1, n))
         return pair.reshape(*self.batch_shape, n, n)
 
@@ -217,7 +221,7 @@ class ExactK(_SubsetDistribution):
 
     def __init__(self, logits: torch.Tensor, k: int, validate_args: bool | None = None,
                  backend: str = "auto"):
-        validation.check_exact_k(k, logits.shape[-1])
+        validation.check_exact_k(k, validation.n_experts(logits))
         self.k = k
         super().__init__(logits, k, k, None, validate_args, backend)
 
@@ -239,7 +243,7 @@ class DynamicK(_SubsetDistribution):
     def __init__(self, logits: torch.Tensor, k_min: int, k_max: int,
                  size_logits: torch.Tensor | None = None, validate_args: bool | None = None,
                  backend: str = "auto"):
-        validation.check_band(k_min, k_max, logits.shape[-1])
+        validation.check_band(k_min, k_max, validation.n_experts(logits))
         super().__init__(logits, k_min, k_max, size_logits, validate_args, backend)
 
     @property

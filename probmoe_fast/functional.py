@@ -42,7 +42,7 @@ import torch
 
 from ._core.mode import mode_mask
 from ._core.validation import (check_band, check_enough_finite, check_exact_k, check_logits,
-                               check_size_logits)
+                               check_size_logits, n_experts)
 from .ops.backend import resolve_backend
 from .ops.batched import math_dtype, sample_and_marginals
 
@@ -119,7 +119,7 @@ def topk_route(logits: torch.Tensor, k: int, *, normalize: bool = False) -> Rout
     ``logits`` ``(..., n)``; all ``k`` slots valid; ``marginals`` is None.
     Cost: :math:`O(n \log n)` per row.
     """
-    check_exact_k(k, logits.shape[-1])
+    check_exact_k(k, n_experts(logits))
     theta = logits.to(math_dtype(logits.dtype))
     probs = torch.softmax(theta, dim=-1)
     # ranked on the logits: probabilities that underflow to equal values keep their true order
@@ -172,7 +172,7 @@ def route(logits: torch.Tensor, *, k: int | None = None, k_min: int | None = Non
     size checks always run).
     Cost per row: :math:`O(nK)` (sampling) or :math:`O(n \log n)` (mode).
     """
-    n = logits.shape[-1]
+    n = n_experts(logits)
     exact = k is not None
     k_min, k_max = resolve_band(n, k, k_min, k_max)
     if size_logits is not None and exact:

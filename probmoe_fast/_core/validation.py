@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_logits", "check_exact_k", "check_band", "check_enough_finite",
+__all__ = ["n_experts", "check_logits", "check_exact_k", "check_band", "check_enough_finite",
            "check_size_logits", "check_mask"]
 
 
@@ -22,10 +22,16 @@ def _first_index(bad: torch.Tensor) -> tuple[int, ...]:
     return tuple(reversed(index))
 
 
-def check_logits(logits: torch.Tensor) -> None:
-    """No NaN and no +inf (−inf marks a masked expert)."""
+def n_experts(logits: torch.Tensor) -> int:
+    """``n``, the size of the last axis; logits must have shape ``(..., n)`` with ``n >= 1``."""
     if logits.dim() < 1 or logits.shape[-1] < 1:
         raise ValueError(f"logits must have shape (..., n) with n >= 1, got {tuple(logits.shape)}")
+    return logits.shape[-1]
+
+
+def check_logits(logits: torch.Tensor) -> None:
+    """Shape ``(..., n)``, no NaN and no +inf (−inf marks a masked expert)."""
+    n_experts(logits)
     bad = (torch.isnan(logits) | torch.isposinf(logits)).any(dim=-1)
     if bool(bad.any()):
         raise ValueError(f"logits contain NaN or +inf at batch index {_first_index(bad)}")

@@ -50,8 +50,8 @@ def esp_stats(logits, k_min, k_max, size_logits=None, backend="auto"):
     resolve_backend(backend)
     theta, phi, batch_shape = _flat(logits, k_min, k_max, size_logits)
     log_e, shift, m, _ = esp_forward(theta, k_min, k_max, phi)
-    return (log_e.reshape(*batch_shape, -1), shift.reshape(batch_shape),
-            m.reshape(*batch_shape, -1))
+    return (log_e.reshape(*batch_shape, k_max - k_min + 1), shift.reshape(batch_shape),
+            m.reshape(logits.shape))
 
 
 def sample_and_marginals(logits, k_min, k_max, size_logits=None, sample_shape=torch.Size(),

@@ -97,4 +97,26 @@ def test_validation_off_skips_checks_and_stays_nan_free_for_valid_input():
     logits = torch.tensor([[0.0, NEG_INF, 3.0]])
     d = pf.ExactK(logits, 2, validate_args=False)
     assert torch.isfinite(d.marginals).all() and torch.isfinite(d.entropy()).all()
-    d.log_prob(torch.tensor([[1.0, 1.0, 1.0]]))  # no ValueError with validation off
+    # no ValueError with validation off: a count outside the band has probability 0
+    assert d.log_prob(torch.tensor([[1.0, 1.0, 1.0]])).item() == NEG_INF
+
+
+@pytest.mark.parametrize("shape", [(), (3, 0)])  # a scalar; no experts
+def test_logits_without_an_expert_axis(shape):
+    for make in (lambda t: pf.ExactK(t, 0), lambda t: pf.DynamicK(t, 1, 1),
+                 lambda t: pf.route(t, k=0), lambda t: pf.topk_route(t, 0)):
+        with pytest.raises(ValueError, match=r"logits must have shape \(\.\.\., n\) with n >= 1"):
+            make(torch.zeros(shape))
+
+
+@pytest.mark.parametrize("validate", [True, False])
+def test_empty_batch(validate):
+    logits = torch.zeros(0, 5, requires_grad=True)
+    d = pf.DynamicK(logits, 1, 3, size_logits=torch.zeros(3), validate_args=validate)
+    assert d.marginals.shape == (0, 5) and d.log_partition.shape == (0,)
+    assert d.entropy().shape == (0,) and d.size_probs.shape == (0, 3)
+    assert d.covariance_matrix.shape == (0, 5, 5) and d.mode.shape == (0, 5)
+    sample = d.sample((2,))
+    assert sample.shape == (2, 0, 5) and d.log_prob(sample).shape == (2, 0)
+    (grad,) = torch.autograd.grad(d.marginals.sum() + d.log_partition.sum(), logits)
+    assert grad.shape == (0, 5)
