@@ -86,8 +86,7 @@ class _SubsetDistribution(Distribution):
         self.k_min, self.k_max = k_min, k_max
         batch_shape = self.logits.shape[:-1]
         if size_logits is not None:
-            if validate:
-                validation.check_size_logits(size_logits, batch_shape, k_max - k_min + 1)
+            validation.check_size_logits(size_logits, batch_shape, k_max - k_min + 1, validate)
             size_logits = size_logits.to(self.logits.dtype).expand(*batch_shape, k_max - k_min + 1)
         self.size_logits = size_logits
         self._cache = {}

@@ -169,7 +169,7 @@ def route(logits: torch.Tensor, *, k: int | None = None, k_min: int | None = Non
     range, a row with fewer finite logits than ``k`` or ``k_min``, misshaped ``size_logits``)
     raises ``ValueError`` naming the batch index; ``validate_args`` (default: the
     ``torch.distributions.Distribution`` switch) turns the data checks off for hot loops (the
-    size checks always run).
+    size and shape checks always run).
     Cost per row: :math:`O(nK)` (sampling) or :math:`O(n \log n)` (mode).
     """
     n = n_experts(logits)
@@ -178,7 +178,8 @@ def route(logits: torch.Tensor, *, k: int | None = None, k_min: int | None = Non
     if size_logits is not None and exact:
         raise ValueError("size_logits need Dynamic-k (k_min, k_max), not k")
     if size_logits is not None:
-        check_size_logits(size_logits, logits.shape[:-1], k_max - k_min + 1)
+        check_size_logits(size_logits, logits.shape[:-1], k_max - k_min + 1,
+                          _validation_on(validate_args))
     resolve_backend(backend)
     if _validation_on(validate_args):
         check_logits(logits)

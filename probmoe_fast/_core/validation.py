@@ -62,8 +62,10 @@ def check_enough_finite(logits: torch.Tensor, k: int, name: str = "k") -> None:
                          f"fewer than {name}={k}")
 
 
-def check_size_logits(size_logits: torch.Tensor, batch_shape: torch.Size, n_sizes: int) -> None:
-    """``size_logits`` broadcasts to ``batch_shape + (n_sizes,)`` and has no NaN or +inf."""
+def check_size_logits(size_logits: torch.Tensor, batch_shape: torch.Size, n_sizes: int,
+                      values: bool = True) -> None:
+    """``size_logits`` broadcasts to ``batch_shape + (n_sizes,)`` and (if ``values``: a data
+    check, one host sync) has no NaN or +inf."""
     if size_logits.dim() < 1 or size_logits.shape[-1] != n_sizes:
         raise ValueError(f"size_logits must have last dimension k_max - k_min + 1 = {n_sizes}, "
                          f"got shape {tuple(size_logits.shape)}")
@@ -72,6 +74,8 @@ def check_size_logits(size_logits: torch.Tensor, batch_shape: torch.Size, n_size
     except RuntimeError:
         raise ValueError(f"size_logits batch shape {tuple(size_logits.shape[:-1])} does not "
                          f"broadcast to the logits' batch shape {tuple(batch_shape)}") from None
+    if not values:
+        return
     bad = (torch.isnan(size_logits) | torch.isposinf(size_logits)).any(dim=-1)
     if bool(bad.any()):
         raise ValueError(f"size_logits contain NaN or +inf at batch index {_first_index(bad)}")

@@ -70,6 +70,15 @@ def test_bad_size_logits():
         pf.DynamicK(_logits(3, 4), 1, 2, size_logits=bad)
 
 
+def test_size_logits_shape_is_checked_even_with_validation_off():
+    """Shapes are not data: like k, they are checked whatever validate_args says."""
+    with pytest.raises(ValueError, match="k_max - k_min \\+ 1 = 2"):
+        pf.DynamicK(_logits(3, 4), 1, 2, size_logits=torch.zeros(3), validate_args=False)
+    with pytest.raises(ValueError, match="k_max - k_min \\+ 1 = 2"):
+        pf.route(_logits(3, 4), k_min=1, k_max=2, size_logits=torch.zeros(3),
+                 validate_args=False)
+
+
 @pytest.mark.parametrize("mask,match", [
     (torch.ones(3, 5), r"shape"),                                   # wrong n
     (torch.tensor([[1.0, 0, 0, 0]] * 3),
