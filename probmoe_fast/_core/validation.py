@@ -65,7 +65,7 @@ def check_enough_finite(logits: torch.Tensor, k: int, name: str = "k") -> None:
 def check_size_logits(size_logits: torch.Tensor, batch_shape: torch.Size, n_sizes: int,
                       values: bool = True) -> None:
     """``size_logits`` broadcasts to ``batch_shape + (n_sizes,)`` and (if ``values``: a data
-    check, one host sync) has no NaN or +inf."""
+    check, one host sync) is finite."""
     if size_logits.dim() < 1 or size_logits.shape[-1] != n_sizes:
         raise ValueError(f"size_logits must have last dimension k_max - k_min + 1 = {n_sizes}, "
                          f"got shape {tuple(size_logits.shape)}")
@@ -76,9 +76,10 @@ def check_size_logits(size_logits: torch.Tensor, batch_shape: torch.Size, n_size
                          f"broadcast to the logits' batch shape {tuple(batch_shape)}") from None
     if not values:
         return
-    bad = (torch.isnan(size_logits) | torch.isposinf(size_logits)).any(dim=-1)
+    # finite, as in probmoe_ref: a -inf phi_j (size j impossible) is outside the model (§1)
+    bad = (~torch.isfinite(size_logits)).any(dim=-1)
     if bool(bad.any()):
-        raise ValueError(f"size_logits contain NaN or +inf at batch index {_first_index(bad)}")
+        raise ValueError(f"size_logits contain NaN or +-inf at batch index {_first_index(bad)}")
 
 
 def check_mask(mask: torch.Tensor, batch_shape: torch.Size, n: int, k_min: int,

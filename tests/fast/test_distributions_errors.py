@@ -64,10 +64,14 @@ def test_k_zero_and_k_n_are_single_subsets():
 def test_bad_size_logits():
     with pytest.raises(ValueError, match="k_max - k_min \\+ 1 = 2"):
         pf.DynamicK(_logits(3, 4), 1, 2, size_logits=torch.zeros(3))
-    bad = torch.zeros(3, 2)
-    bad[1, 0] = NAN
-    with pytest.raises(ValueError, match=r"size_logits contain NaN or \+inf at batch index \(1,\)"):
-        pf.DynamicK(_logits(3, 4), 1, 2, size_logits=bad)
+    bad_phi = r"size_logits contain NaN or \+-inf at batch index \(1,\)"
+    for value in (NAN, POS_INF, NEG_INF):  # -inf too: the reference takes finite phi only
+        bad = torch.zeros(3, 2)
+        bad[1, 0] = value
+        with pytest.raises(ValueError, match=bad_phi):
+            pf.DynamicK(_logits(3, 4), 1, 2, size_logits=bad)
+        with pytest.raises(ValueError, match=bad_phi):
+            pf.route(_logits(3, 4), k_min=1, k_max=2, size_logits=bad)
 
 
 def test_size_logits_shape_is_checked_even_with_validation_off():
