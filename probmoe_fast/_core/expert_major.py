@@ -76,38 +76,51 @@ def prefix_with_tilt(w: torch.Tensor, wv: torch.Tensor, n_levels: int) -> torch.
     return both
 
 
+def _ping_pong(first: torch.Tensor, second: torch.Tensor, view):
+    """``view(a, b)`` for the two orders of a slab pair; step ``i`` reads ``[i % 2]`` (the views
+    are made once: per-step indexing costs as much as the arithmetic at these sizes). Products
+    are ``mul`` + ``sum``, not ``linalg.vecdot``, which autocast would run in low precision."""
+    return view(first, second), view(second, first)
+
+
 def pair_sums(w: torch.Tensor, front: torch.Tensor, terminal: torch.Tensor) -> torch.Tensor:
     r""":math:`s` ``(n, T)`` for the prefix table ``front`` and ``terminal`` ``(K+1, T)``:
     :math:`\gamma_a` (0 outside the band)."""
-    n, rows = w.shape
-    back, spare = terminal.clone(), terminal.clone()  # level K stays gamma_K in both
-    s = w.new_empty(n, rows)
-    weights = w.unbind(0)
-    for l in range(n - 1, -1, -1):
-        s[l] = torch.linalg.vecdot(front[l, :-1], back[1:], dim=0)
+    n = w.shape[0]
+    slabs = _ping_pong(terminal.clone(), terminal.clone(),  # level K stays gamma_K in both
+                       lambda b, s: (b[1:], b[:-1], s[:-1]))
+    fronts, weights = front[:, :-1].unbind(0), w.unbind(0)
+    sums = []
+    for i, l in enumerate(range(n - 1, -1, -1)):
+        upper, lower, spare_lower = slabs[i % 2]
+        sums.append(torch.mul(fronts[l], upper).sum(0))
         if l:
-            torch.addcmul(back[:-1], weights[l], back[1:], out=spare[:-1])
-            back, spare = spare, back
-    return s
+            torch.addcmul(lower, weights[l], upper, out=spare_lower)
+    sums.reverse()
+    return torch.stack(sums)
 
 
 def tilted_pair_sums(w: torch.Tensor, wv: torch.Tensor, front: torch.Tensor,
                      terminal: torch.Tensor, tilt_terminal: torch.Tensor) -> torch.Tensor:
     r"""``(2, n, T)``: :math:`s` and :math:`s'` for the tilted prefix tables ``front``
     ``(n+1, 2, K+1, T)`` and the terminal weights :math:`\gamma`, :math:`\gamma'`."""
-    n, rows = w.shape
+    n = w.shape[0]
     back = torch.stack([terminal, tilt_terminal])  # (2, K+1, T): B, B'; level K stays put
-    spare = back.clone()
-    out = w.new_empty(2, n, rows)
+    slabs = _ping_pong(back, back.clone(), lambda b, s: (
+        b[:1, 1:], b[1, 1:], b[:, 1:], b[:, :-1], b[0, 1:], s[:, :-1], s[1, :-1]))
+    fronts, plain_fronts = front[:, :, :-1].unbind(0), front[:, 0, :-1].unbind(0)
     weights, tilted = w.unbind(0), wv.unbind(0)
-    for l in range(n - 1, -1, -1):
+    pairs, crosses = [], []
+    for i, l in enumerate(range(n - 1, -1, -1)):
+        plain_upper, tilt_upper, upper, lower, plain_upper_0, spare_lower, spare_tilt = slabs[i % 2]
         # [sum P B, sum P' B] in one broadcast product, then the cross term sum P B'
-        both = torch.linalg.vecdot(front[l, :, :-1], back[:1, 1:], dim=1)
-        out[0, l] = both[0]
-        torch.add(both[1], torch.linalg.vecdot(front[l, 0, :-1], back[1, 1:], dim=0),
-                  out=out[1, l])
+        pairs.append(torch.mul(fronts[l], plain_upper).sum(1))
+        crosses.append(torch.mul(plain_fronts[l], tilt_upper).sum(0))
         if l:
-            torch.addcmul(back[:, :-1], weights[l], back[:, 1:], out=spare[:, :-1])
-            spare[1, :-1].addcmul_(tilted[l], back[0, 1:])
-            back, spare = spare, back
+            torch.addcmul(lower, weights[l], upper, out=spare_lower)
+            spare_tilt.addcmul_(tilted[l], plain_upper_0)
+    pairs.reverse()
+    crosses.reverse()
+    out = torch.stack(pairs, dim=1)  # (2, n, T)
+    out[1] += torch.stack(crosses)
     return out
