@@ -52,7 +52,8 @@ def _terminal(values: torch.Tensor, k_min: int, k_max: int) -> torch.Tensor:
 
 def _weights(theta, shift):
     r"""Expert-major weights :math:`e^{\theta - c}` ``(n, T)``."""
-    return torch.exp(theta - shift.unsqueeze(-1)).T.contiguous()
+    # one fresh (n, T) buffer (clone: .contiguous() may return theta itself), transposed once
+    return theta.T.clone(memory_format=torch.contiguous_format).sub_(shift).exp_()
 
 
 def _tables(theta, shift, k_min, k_max):
@@ -105,9 +106,9 @@ def fast_backward(theta, size_logits, k_min, k_max, shift, grad_log_e, grad_m):
                             torch.zeros_like(last))
     s, s_tilt = em.tilted_pair_sums(w, wv, front, _terminal(gamma, k_min, k_max),
                                     _terminal(extra, k_min, k_max))
-    m = w * s  # (n, T)
+    m = s.mul_(w)  # (n, T), in place in the (2, n, T) result
     m_dot_v = (m * v).sum(0)
-    grad = v * m + w * s_tilt - m * m_dot_v
+    grad = s_tilt.mul_(w).addcmul_(v, m).sub_(m * m_dot_v)
     grad_phi = None
     if size_logits is not None:
         grad_phi = gamma * front[-1, 1, k_min:].T - m_dot_v.unsqueeze(-1) * p
