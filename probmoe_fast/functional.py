@@ -48,7 +48,8 @@ from .ops.batched import math_dtype, sample_and_marginals
 
 __all__ = ["RouterOutput", "route", "topk_route", "straight_through", "resolve_band"]
 
-_GATES = {"softmax": lambda t: torch.softmax(t, dim=-1), "sigmoid": torch.sigmoid}
+_LOG_GATES = {"softmax": lambda t: torch.log_softmax(t, dim=-1),
+              "sigmoid": torch.nn.functional.logsigmoid}
 
 
 class RouterOutput(NamedTuple):
@@ -83,10 +84,24 @@ def _validation_on(validate_args: bool | None) -> bool:
     return validate_args
 
 
-def _gate(logits: torch.Tensor, gate: str) -> torch.Tensor:
-    if gate not in _GATES:
-        raise ValueError(f"gate must be one of {sorted(_GATES)}, got {gate!r}")
-    return _GATES[gate](logits)
+def _check_gate(gate: str) -> None:
+    if gate not in _LOG_GATES:
+        raise ValueError(f"gate must be one of {sorted(_LOG_GATES)}, got {gate!r}")
+
+
+def _gate(theta: torch.Tensor, gate: str, selected: torch.Tensor, normalize: bool
+          ) -> torch.Tensor:
+    r"""``gate(theta)`` on the ``selected`` experts (0/1 mask), zero elsewhere (only selected
+    experts fill valid slots). With ``normalize`` it is rescaled by
+    :math:`e^{-L}`, :math:`L` the largest selected log gate weight (constant): the division by
+    the sum cancels the factor, and the weights keep their ratios (and finite second
+    derivatives) where the gate weights themselves underflow."""
+    log_gate = torch.where(selected.detach() > 0, _LOG_GATES[gate](theta),
+                           torch.full_like(theta, float("-inf")))
+    if not normalize:
+        return log_gate.exp()
+    top = log_gate.detach().amax(-1, keepdim=True)
+    return (log_gate - torch.where(torch.isfinite(top), top, torch.zeros_like(top))).exp()
 
 
 def _gather_slots(mask: torch.Tensor, order: torch.Tensor, gate_weights: torch.Tensor,
@@ -186,17 +201,25 @@ def route(logits: torch.Tensor, *, k: int | None = None, k_min: int | None = Non
         check_enough_finite(logits, k_min, "k" if exact else "k_min")
     theta = logits.to(math_dtype(logits.dtype))
     phi = None if size_logits is None else size_logits.to(theta.dtype)
-    # k = 0 routes nowhere; its rows may have no finite logit, whose softmax (NaN) would leak
-    # into the gradient through the zero weights
-    gate_weights = _gate(theta, gate) if k_max > 0 else torch.zeros_like(theta)
+    _check_gate(gate)
     if training or sample_at_inference:
         z, marginals = sample_and_marginals(theta, k_min, k_max, phi, generator=generator,
                                             backend=backend)
         carrier = straight_through(z, marginals) if training else z
-        indices, weights, valid = _gather_slots(carrier, _selected_first(z), gate_weights, k_max,
-                                                normalize)
+        indices, weights, valid = _gather_slots(carrier, _selected_first(z),
+                                                _routed_gate(theta, gate, z, k_max, normalize),
+                                                k_max, normalize)
         return RouterOutput(indices, weights, valid, marginals, logits)
     mask = mode_mask(theta, k_min, k_max, phi)
-    indices, weights, valid = _gather_slots(mask, _selected_first(mask), gate_weights, k_max,
-                                            normalize)
+    indices, weights, valid = _gather_slots(mask, _selected_first(mask),
+                                            _routed_gate(theta, gate, mask, k_max, normalize),
+                                            k_max, normalize)
     return RouterOutput(indices, weights, valid, None, logits)
+
+
+def _routed_gate(theta, gate, selected, k_max, normalize):
+    # k = 0 routes nowhere; its rows may have no finite logit, whose gate (NaN) would leak
+    # into the gradient through the zero weights
+    if k_max == 0:
+        return torch.zeros_like(theta)
+    return _gate(theta, gate, selected, normalize)

@@ -197,6 +197,25 @@ def test_single_subset_rows_route_with_finite_gradients(k, masked, training):
         assert second is None or torch.isfinite(second).all()
 
 
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtype,offset", [
+    (torch.float32, -120.0),   # sigmoid underflows to 0 in float32
+    (torch.float64, -700.0),   # sigmoid ~ 1e-304: its square (in d/dθ of w / Σw) underflows
+])
+def test_normalized_sigmoid_weights_keep_their_ratios_where_the_gate_underflows(
+        dtype, offset, training):
+    theta = (offset + torch.tensor([[0.0, -1.0, -2.5, -4.0, -0.5]], dtype=torch.float64)).to(dtype)
+    theta.requires_grad_()
+    r = route(theta, k=2, gate="sigmoid", normalize=True, training=training, generator=gen(3))
+    # sigmoid(x) = e^x (1 + O(e^x)) here, so the normalised weights are the selected softmax
+    want = torch.softmax(theta.detach().double().gather(-1, r.indices), dim=-1)
+    torch.testing.assert_close(r.weights.double(), want, atol=1e-6, rtol=0)
+    (grad,) = torch.autograd.grad((r.weights * torch.tensor([0.3, -0.8])).sum(), theta,
+                                  create_graph=True)
+    (second,) = torch.autograd.grad((grad * grad.detach()).sum(), theta, allow_unused=True)
+    assert torch.isfinite(grad).all() and (second is None or torch.isfinite(second).all())
+
+
 def test_extra_batch_dimensions_are_kept():
     theta = torch.randn(2, 3, 8, generator=gen(0))
     r = route(theta, k_min=1, k_max=3, generator=gen(1))
