@@ -18,9 +18,10 @@ Layout ``(n+1, K+1, T)``: position :math:`l` (experts ``0..l-1`` seen), level :m
 v_l)` at :math:`\epsilon = 0` (dual numbers), plus, for :math:`B'`, a second set of terminal
 weights :math:`\gamma'` carried along linearly. The prefix tables are stored; the completion is
 only ever needed paired with them, :math:`s_l = \sum_{a<K} P_{l,a} B_{l+1,a+1}` (the weight of
-all subsets that contain expert :math:`l`, over :math:`w_l`), so it is streamed through two
-``(K+1, T)`` slabs from :math:`l = n` down, each slab paired with the stored prefix slab as it
-is formed (no completion table, no ``(n, K, T)`` product).
+all subsets that contain expert :math:`l`, over :math:`w_l`), so it is streamed from
+:math:`l = n` down through a ring of ``_CHUNK + 1`` slabs and paired with the stored prefix
+slabs a chunk of positions at a time (one product and one sum per chunk; no completion table,
+no ``(n, K, T)`` product).
 
 ==========================  ======================  ========================================
 function                    returns                 cost (time; memory)
@@ -28,10 +29,10 @@ function                    returns                 cost (time; memory)
 ``prefix``                  ``(n+1, K+1, T)``       :math:`n` fused ops; :math:`O(nKT)`
 ``prefix_with_tilt``        ``(n+1, 2, K+1, T)``    :math:`n` fused ops on ``(2, K, T)`` and
                             (:math:`P, P'`)         :math:`n` on ``(K, T)``; :math:`O(nKT)`
-``pair_sums``               ``(n, T)``: :math:`s`   :math:`3n` ops on ``(K, T)``;
-                                                    :math:`O(KT)` besides the output
-``tilted_pair_sums``        ``(2, n, T)``:          :math:`5n` ops on ``(K, T)``;
-                            :math:`s`, :math:`s'`   :math:`O(KT)` besides the output
+``pair_sums``               ``(n, T)``: :math:`s`   :math:`n` fused ops on ``(K, T)``, 2
+                                                    per chunk; :math:`O(KT)` besides the output
+``tilted_pair_sums``        ``(2, n, T)``:          :math:`2n` fused ops on ``(K, T)``, 3 per
+                            :math:`s`, :math:`s'`   chunk; :math:`O(KT)` besides the output
 ==========================  ======================  ========================================
 
 with :math:`s'_l = \sum_{a<K} (P'_{l,a} B_{l+1,a+1} + P_{l,a} B'_{l+1,a+1})`, the tilt
@@ -76,51 +77,84 @@ def prefix_with_tilt(w: torch.Tensor, wv: torch.Tensor, n_levels: int) -> torch.
     return both
 
 
-def _ping_pong(first: torch.Tensor, second: torch.Tensor, view):
-    """``view(a, b)`` for the two orders of a slab pair; step ``i`` reads ``[i % 2]`` (the views
-    are made once: per-step indexing costs as much as the arithmetic at these sizes). Products
-    are ``mul`` + ``sum``, not ``linalg.vecdot``, which autocast would run in low precision."""
-    return view(first, second), view(second, first)
+#: Completion slabs kept per chunk: the chunk's pair products are formed by one ``mul`` and one
+#: ``sum`` over all its positions (fewer, larger ops), with a working set that stays in cache.
+_CHUNK = 8
+
+
+def _chunks(n: int):
+    """``(lo, hi)`` position chunks from the top, ``hi - lo <= _CHUNK``."""
+    return [(max(hi - _CHUNK, 0), hi) for hi in range(n, 0, -_CHUNK)]
+
+
+def _streamed(terminal: torch.Tensor, n: int, step, pair) -> None:
+    r"""Run the completion down from :math:`B_n` = ``terminal`` through a ring of
+    ``_CHUNK + 1`` slabs: ``step(ring, j, p)`` forms slot ``j`` (position :math:`p`) from slot
+    ``j + 1`` (with ``top=True`` it writes the top slot instead, which starts the next chunk);
+    ``pair(lo, hi, slabs)`` gets :math:`B_{lo+1..hi}` as ``slabs``. Level :math:`K` (constant)
+    is written once, by the broadcast fill."""
+    ring = terminal.new_empty(_CHUNK + 1, *terminal.shape)
+    ring[:] = terminal
+    for lo, hi in _chunks(n):
+        for p in range(hi - 1, lo, -1):
+            step(ring, p - hi + _CHUNK, p)
+        pair(lo, hi, ring[lo + 1 - hi + _CHUNK:])
+        if lo:  # position lo starts the next chunk, in the top slot
+            step(ring, lo - hi + _CHUNK, lo, top=True)
 
 
 def pair_sums(w: torch.Tensor, front: torch.Tensor, terminal: torch.Tensor) -> torch.Tensor:
     r""":math:`s` ``(n, T)`` for the prefix table ``front`` and ``terminal`` ``(K+1, T)``:
     :math:`\gamma_a` (0 outside the band)."""
-    n = w.shape[0]
-    slabs = _ping_pong(terminal.clone(), terminal.clone(),  # level K stays gamma_K in both
-                       lambda b, s: (b[1:], b[:-1], s[:-1]))
-    fronts, weights = front[:, :-1].unbind(0), w.unbind(0)
-    sums = []
-    for i, l in enumerate(range(n - 1, -1, -1)):
-        upper, lower, spare_lower = slabs[i % 2]
-        sums.append(torch.mul(fronts[l], upper).sum(0))
-        if l:
-            torch.addcmul(lower, weights[l], upper, out=spare_lower)
-    sums.reverse()
-    return torch.stack(sums)
+    n, rows = w.shape
+    weights = w.unbind(0)
+    s = w.new_empty(n, rows)
+    prod = w.new_empty(_CHUNK, terminal.shape[0] - 1, rows)
+    upper = lower = None
+
+    def step(ring, j, p, top=False):
+        nonlocal upper, lower
+        if upper is None:
+            upper, lower = ring[:, 1:].unbind(0), ring[:, :-1].unbind(0)
+        torch.addcmul(lower[j + 1], weights[p], upper[j + 1], out=lower[_CHUNK if top else j])
+
+    def pair(lo, hi, slabs):
+        part = prod[:hi - lo]
+        torch.mul(front[lo:hi, :-1], slabs[:, 1:], out=part)
+        torch.sum(part, 1, out=s[lo:hi])
+
+    _streamed(terminal, n, step, pair)
+    return s
 
 
 def tilted_pair_sums(w: torch.Tensor, wv: torch.Tensor, front: torch.Tensor,
                      terminal: torch.Tensor, tilt_terminal: torch.Tensor) -> torch.Tensor:
     r"""``(2, n, T)``: :math:`s` and :math:`s'` for the tilted prefix tables ``front``
     ``(n+1, 2, K+1, T)`` and the terminal weights :math:`\gamma`, :math:`\gamma'`."""
-    n = w.shape[0]
-    back = torch.stack([terminal, tilt_terminal])  # (2, K+1, T): B, B'; level K stays put
-    slabs = _ping_pong(back, back.clone(), lambda b, s: (
-        b[:1, 1:], b[1, 1:], b[:, 1:], b[:, :-1], b[0, 1:], s[:, :-1], s[1, :-1]))
-    fronts, plain_fronts = front[:, :, :-1].unbind(0), front[:, 0, :-1].unbind(0)
+    n, rows = w.shape
     weights, tilted = w.unbind(0), wv.unbind(0)
-    pairs, crosses = [], []
-    for i, l in enumerate(range(n - 1, -1, -1)):
-        plain_upper, tilt_upper, upper, lower, plain_upper_0, spare_lower, spare_tilt = slabs[i % 2]
-        # [sum P B, sum P' B] in one broadcast product, then the cross term sum P B'
-        pairs.append(torch.mul(fronts[l], plain_upper).sum(1))
-        crosses.append(torch.mul(plain_fronts[l], tilt_upper).sum(0))
-        if l:
-            torch.addcmul(lower, weights[l], upper, out=spare_lower)
-            spare_tilt.addcmul_(tilted[l], plain_upper_0)
-    pairs.reverse()
-    crosses.reverse()
-    out = torch.stack(pairs, dim=1)  # (2, n, T)
-    out[1] += torch.stack(crosses)
-    return out
+    # per position: [sum P B, sum P' B, sum P B'] (slabs hold B, B')
+    sums = w.new_empty(n, 3, rows)
+    prod = w.new_empty(_CHUNK, 3, terminal.shape[0] - 1, rows)
+    views = None
+
+    def step(ring, j, p, top=False):
+        nonlocal views
+        if views is None:
+            views = (ring[:, :, 1:].unbind(0), ring[:, :, :-1].unbind(0),
+                     ring[:, 0, 1:].unbind(0), ring[:, 1, :-1].unbind(0))
+        upper, lower, plain_upper, tilt_lower = views
+        out = _CHUNK if top else j
+        torch.addcmul(lower[j + 1], weights[p], upper[j + 1], out=lower[out])
+        tilt_lower[out].addcmul_(tilted[p], plain_upper[j + 1])
+
+    def pair(lo, hi, slabs):
+        part = prod[:hi - lo]
+        fronts = front[lo:hi, :, :-1]
+        torch.mul(fronts, slabs[:, :1, 1:], out=part[:, :2])
+        torch.mul(fronts[:, 0], slabs[:, 1, 1:], out=part[:, 2])
+        torch.sum(part, 2, out=sums[lo:hi])
+
+    _streamed(torch.stack([terminal, tilt_terminal]), n, step, pair)
+    sums[:, 1] += sums[:, 2]
+    return sums[:, :2].transpose(0, 1)
