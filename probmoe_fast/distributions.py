@@ -220,7 +220,7 @@ class ExactK(_SubsetDistribution):
 
     def __init__(self, logits: torch.Tensor, k: int, validate_args: bool | None = None,
                  backend: str = "auto"):
-        validation.check_exact_k(k, validation.n_experts(logits))
+        k = validation.check_exact_k(k, validation.n_experts(logits))
         self.k = k
         super().__init__(logits, k, k, None, validate_args, backend)
 
@@ -242,7 +242,7 @@ class DynamicK(_SubsetDistribution):
     def __init__(self, logits: torch.Tensor, k_min: int, k_max: int,
                  size_logits: torch.Tensor | None = None, validate_args: bool | None = None,
                  backend: str = "auto"):
-        validation.check_band(k_min, k_max, validation.n_experts(logits))
+        k_min, k_max = validation.check_band(k_min, k_max, validation.n_experts(logits))
         super().__init__(logits, k_min, k_max, size_logits, validate_args, backend)
 
     @property

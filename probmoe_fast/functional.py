@@ -134,7 +134,7 @@ def topk_route(logits: torch.Tensor, k: int, *, normalize: bool = False) -> Rout
     ``logits`` ``(..., n)``; all ``k`` slots valid; ``marginals`` is None.
     Cost: :math:`O(n \log n)` per row.
     """
-    check_exact_k(k, n_experts(logits))
+    k = check_exact_k(k, n_experts(logits))
     theta = logits.to(math_dtype(logits.dtype))
     probs = torch.softmax(theta, dim=-1)
     # ranked on the logits: probabilities that underflow to equal values keep their true order
@@ -150,13 +150,12 @@ def resolve_band(n: int, k: int | None, k_min: int | None, k_max: int | None) ->
         if k_min is not None or k_max is not None:
             raise ValueError(f"give either k or (k_min, k_max), not both; got k={k}, "
                              f"k_min={k_min}, k_max={k_max}")
-        check_exact_k(k, n)
+        k = check_exact_k(k, n)
         return k, k
     if k_min is None or k_max is None:
         raise ValueError(f"give k (Exact-k) or both k_min and k_max (Dynamic-k); got "
                          f"k_min={k_min}, k_max={k_max}")
-    check_band(k_min, k_max, n)
-    return k_min, k_max
+    return check_band(k_min, k_max, n)
 
 
 def route(logits: torch.Tensor, *, k: int | None = None, k_min: int | None = None,

@@ -6,6 +6,8 @@ Cost: :math:`O(\text{numel})` elementwise reductions and one host sync per check
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 __all__ = ["n_experts", "check_logits", "check_exact_k", "check_band", "check_enough_finite",
@@ -37,19 +39,27 @@ def check_logits(logits: torch.Tensor) -> None:
         raise ValueError(f"logits contain NaN or +inf at batch index {_first_index(bad)}")
 
 
-def check_exact_k(k, n: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise ValueError(f"k must be an int, got {k!r}")
+def _integer(name: str, value) -> int:
+    """``value`` as an ``int``: Python and numpy integers (not bools, not floats)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    return int(value)
+
+
+def check_exact_k(k, n: int) -> int:
+    """``k`` as an ``int`` in ``[0, n]``."""
+    k = _integer("k", k)
     if not 0 <= k <= n:
         raise ValueError(f"k must satisfy 0 <= k <= n = {n}, got k={k}")
+    return k
 
 
-def check_band(k_min, k_max, n: int) -> None:
-    for name, value in (("k_min", k_min), ("k_max", k_max)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} must be an int, got {value!r}")
+def check_band(k_min, k_max, n: int) -> tuple[int, int]:
+    """``(k_min, k_max)`` as ``int`` with ``1 <= k_min <= k_max <= n``."""
+    k_min, k_max = _integer("k_min", k_min), _integer("k_max", k_max)
     if not 1 <= k_min <= k_max <= n:
         raise ValueError(f"need 1 <= k_min <= k_max <= n = {n}, got k_min={k_min}, k_max={k_max}")
+    return k_min, k_max
 
 
 def check_enough_finite(logits: torch.Tensor, k: int, name: str = "k") -> None:

@@ -1,5 +1,6 @@
 """DESIGN.md §5: every bad input is a ValueError naming the problem and the batch index."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -29,6 +30,15 @@ def test_bad_logit_values(value, match):
 def test_bad_k(k):
     with pytest.raises(ValueError, match="k"):
         pf.ExactK(_logits(3, 4), k)
+
+
+def test_numpy_integer_sizes_are_ints():
+    logits = _logits(3, 4)
+    d = pf.DynamicK(logits, np.int64(1), np.int32(3))
+    assert type(d.k_min) is int and type(d.k_max) is int and d.size_probs.shape == (3, 3)
+    assert type(pf.ExactK(logits, np.int64(2)).k) is int
+    r = pf.route(logits, k=np.int64(2), training=False)
+    assert r.indices.shape == (3, 2)
 
 
 @pytest.mark.parametrize("k_min,k_max", [
