@@ -31,10 +31,13 @@ def mode_mask(theta: torch.Tensor, k_min: int, k_max: int,
     if k_min == k_max:
         size = torch.full(theta.shape[:-1], k_min, dtype=torch.long, device=theta.device)
     else:
-        # a -inf prefix sum marks a size the row cannot fill
-        scores = torch.cumsum(top, dim=-1)[..., k_min - 1:k_max]
+        # score_j minus the common sum of the k_min largest, accumulated in float64: float32
+        # prefix sums at logits ~1e4 are coarser than the gaps between sizes (ulp 2e-3 at 2e4).
+        # A -inf sum marks a size the row cannot fill.
+        gains = torch.cumsum(top[..., k_min:k_max].to(torch.float64), dim=-1)
+        scores = torch.cat([torch.zeros_like(gains[..., :1]), gains], dim=-1)
         if size_logits is not None:
-            scores = scores + size_logits.detach()
+            scores = scores + size_logits.detach().to(torch.float64)
         size = scores.argmax(dim=-1) + k_min
     ranked = (torch.arange(n, device=theta.device) < size.unsqueeze(-1)).to(theta.dtype)
     return torch.zeros_like(ranked).scatter_(-1, order, ranked)

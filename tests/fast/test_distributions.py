@@ -144,6 +144,18 @@ def test_mode_ties_break_toward_lower_index_and_smaller_size():
     assert b.mode.tolist() == [1.0, 0.0, 0.0]
 
 
+def test_band_mode_resolves_small_size_gains_at_large_float32_logits():
+    """Size 3 beats size 2 by 3e-4 (0.5 - 0.4997); float32 sums near 2e4 move in steps of 2e-3,
+    so the size scores must not be float32 prefix sums of the logits."""
+    theta = torch.tensor([1e4, 1e4, 0.5, -3.0])
+    phi = torch.tensor([0.0, -0.4997, -10.0])
+    want = pr.DynamicK(theta.double().numpy(), 2, 4, size_logits=phi.double().numpy()).mode
+    np.testing.assert_array_equal(np.asarray(want, float), [1.0, 1.0, 1.0, 0.0])
+    assert pf.DynamicK(theta, 2, 4, size_logits=phi).mode.tolist() == [1.0, 1.0, 1.0, 0.0]
+    r = pf.route(theta[None], k_min=2, k_max=4, size_logits=phi, training=False)
+    assert r.valid.sum().item() == 3
+
+
 def test_sample_and_rsample_share_tables_on_mixed_batches():
     """sample() and rsample() read the same tables (fast rows and sorted rows alike), so one
     generator seed gives one draw."""
