@@ -35,8 +35,12 @@ def size_scores(log_e: torch.Tensor, shift: torch.Tensor, k_min: int,
                 size_logits: torch.Tensor | None) -> torch.Tensor:
     r""":math:`r_j = \phi_j + (j - k_{\min}) c + \ell_j` ``(..., L)``."""
     sizes = torch.arange(log_e.shape[-1], device=log_e.device, dtype=log_e.dtype)
-    scores = log_e + sizes * shift.unsqueeze(-1)
-    return scores if size_logits is None else scores + size_logits
+    if size_logits is None:
+        return log_e + sizes * shift.unsqueeze(-1)
+    # phi_j + (j - k_min) c in float64: size logits that balance a large offset c cancel it,
+    # and in float32 only the rounding of the two would remain (errors ~1e-3 at c ~ 1e4)
+    offset = size_logits.double() + sizes.double() * shift.double().unsqueeze(-1)
+    return log_e + offset.to(log_e.dtype)
 
 
 def log_partition(log_e, shift, k_min, size_logits=None) -> torch.Tensor:

@@ -183,3 +183,18 @@ def test_moe_size_float32_within_section6(theta, k):
     ref_log_z = float(ref.log_partition)
     assert abs(float(d.log_partition) - ref_log_z) <= log_partition_tol(
         np.array([ref_log_z]), torch.float32)[0]
+
+
+def test_size_logits_balancing_a_large_offset_float32():
+    """phi_j ~ -(j - 1) 1e4 offsets logits near 1e4, so every size stays likely: the scores
+    phi_j + (j - k_min) c cancel to O(1) and must not keep float32 rounding of 1e4 (~1e-3)."""
+    theta = torch.tensor([1e4 + 0.3, 1e4 - 0.2, 1e4 + 0.1, 1e4 - 1.0, 1e4 + 0.5])
+    phi = torch.tensor([0.0, -1e4 + 0.7, -2e4 + 0.4])
+    ref = pr.DynamicK(theta.double().numpy(), 1, 3, size_logits=phi.double().numpy(),
+                      precision=30)
+    assert np.asarray(ref.size_probs, float).min() > 0.05  # a real size mixture
+    d = pf.DynamicK(theta, 1, 3, size_logits=phi)
+    np.testing.assert_allclose(d.marginals.double().numpy(), np.asarray(ref.marginals, float),
+                               atol=2e-6, rtol=0)
+    np.testing.assert_allclose(d.size_probs.double().numpy(), np.asarray(ref.size_probs, float),
+                               atol=2e-6, rtol=0)
