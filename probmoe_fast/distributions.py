@@ -158,16 +158,16 @@ class _SubsetDistribution(Distribution):
         selected = torch.where(value > 0, self.logits - shift.unsqueeze(-1),
                                torch.zeros_like(self.logits)).sum(-1)
         count = value.sum(-1)
-        # log Z - |S| c, kept small: logsumexp_j(phi_j + (j - |S|) c + l_j)
-        sizes = torch.arange(self.k_min, self.k_max + 1, device=value.device, dtype=value.dtype)
-        scores = log_e + (sizes - count.unsqueeze(-1)) * shift.unsqueeze(-1)
-        size_term = torch.zeros_like(count)
+        # log P(S) = sum_S (theta_i - c) - logsumexp_j(phi_j - phi_|S| + (j - |S|) c + l_j): the
+        # offsets are summed in float64, as in size_scores (phi may balance a large c)
+        sizes = torch.arange(self.k_min, self.k_max + 1, device=value.device,
+                             dtype=torch.float64)
+        offset = (sizes - count.double().unsqueeze(-1)) * shift.double().unsqueeze(-1)
         if self.size_logits is not None:
-            scores = scores + self.size_logits
             index = (count.long() - self.k_min).clamp(0, self.k_max - self.k_min)
-            phi = self.size_logits.expand(*count.shape, self.k_max - self.k_min + 1)
-            size_term = phi.gather(-1, index.unsqueeze(-1)).squeeze(-1)
-        log_p = selected + size_term - torch.logsumexp(scores, dim=-1)
+            phi = self.size_logits.double().expand(*count.shape, self.k_max - self.k_min + 1)
+            offset = offset + phi - phi.gather(-1, index.unsqueeze(-1))
+        log_p = selected - torch.logsumexp(log_e + offset.to(log_e.dtype), dim=-1)
         in_band = (count >= self.k_min) & (count <= self.k_max)
         return torch.where(in_band, log_p, torch.full_like(log_p, float("-inf")))
 

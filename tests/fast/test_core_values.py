@@ -198,3 +198,7 @@ def test_size_logits_balancing_a_large_offset_float32():
                                atol=2e-6, rtol=0)
     np.testing.assert_allclose(d.size_probs.double().numpy(), np.asarray(ref.size_probs, float),
                                atol=2e-6, rtol=0)
+    masks, _ = ref.enumerate_support()
+    masks = np.asarray(masks, float)
+    np.testing.assert_allclose(d.log_prob(torch.as_tensor(masks).float()).double().numpy(),
+                               np.asarray(ref.log_prob(masks), float), atol=1e-6, rtol=0)
