@@ -23,11 +23,11 @@ i.e. :math:`\mathrm{Cov}(z) v = E[z (z \cdot v)] - m (m \cdot v)` and
 :math:`\partial (v \cdot m) / \partial \phi_j = \mathrm{Cov}(z \cdot v, [|S| = j])`.
 Masked experts have :math:`w_l = 0`, hence exactly zero marginals and gradients.
 
-Cost: forward :math:`n` fused ops for the prefix table and :math:`3n` for the streamed
-completion and its pairing (:func:`~probmoe_fast._core.expert_major.pair_sums`), all on
-``(K, T)`` slabs; backward about :math:`8n` such ops (the prefix and completion tables are
-recomputed, never saved, the tilted ones alongside). Transient memory: one ``(n+1, K+1, T)``
-table forward (it is the sampler's), two backward, plus ``O(nT)``.
+Cost: forward :math:`2n` fused ops on ``(K, T)`` slabs (the prefix table and the streamed
+completion, :func:`~probmoe_fast._core.expert_major.pair_sums`) plus two ops per chunk of
+positions for the pairing; backward :math:`4n` such ops plus three per chunk (the prefix and
+completion tables are recomputed, never saved, the tilted ones alongside). Transient memory:
+one ``(n+1, K+1, T)`` table forward (it is the sampler's), two backward, plus ``O(nT)``.
 """
 
 from __future__ import annotations
