@@ -40,10 +40,8 @@ def pairwise_marginals(theta, k_min, k_max, size_logits, marginals):
     eye = torch.eye(n, dtype=torch.bool, device=theta.device)
     conditioned = theta.unsqueeze(-2).expand(n_rows, n, n).masked_fill(eye, float("-inf"))
     phi = None if size_logits is None else size_logits.repeat_interleave(n, dim=0)
-    lo = max(k_min - 1, 0)
-    if size_logits is not None and k_min == 0:  # size 0 cannot contain i: drop phi_0
-        phi = phi[:, 1:]
-    _, _, rest, _ = esp_forward(conditioned.reshape(n_rows * n, n), lo, k_max - 1, phi)
+    # k_min >= 1 here (k_min = 0 only for Exact-k k = 0, handled above)
+    _, _, rest, _ = esp_forward(conditioned.reshape(n_rows * n, n), k_min - 1, k_max - 1, phi)
     pair = marginals.unsqueeze(-1) * rest.reshape(n_rows, n, n)
     pair = torch.where(eye, marginals.unsqueeze(-1).expand(n_rows, n, n), pair)
     return 0.5 * (pair + pair.transpose(-1, -2))
