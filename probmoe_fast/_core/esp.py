@@ -56,9 +56,10 @@ class ESP(NamedTuple):
 
 def finite_max(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row max finite logit (0 for a row with none) and the finite count."""
-    finite = torch.isfinite(theta)
+    finite = theta.abs() < math.inf  # isfinite in two elementwise passes instead of three
+    n_finite = finite.sum(-1)
     hi = torch.where(finite, theta, -math.inf).amax(dim=-1)
-    return torch.where(finite.any(dim=-1), hi, torch.zeros_like(hi)), finite.sum(-1)
+    return torch.where(n_finite > 0, hi, torch.zeros_like(hi)), n_finite
 
 
 def plain_rows(last: torch.Tensor, n_finite: torch.Tensor, k_min: int):
