@@ -46,7 +46,7 @@ from ._core.validation import (check_band, check_enough_finite, check_exact_k, c
 from .ops.backend import resolve_backend
 from .ops.batched import math_dtype, sample_and_marginals
 
-__all__ = ["RouterOutput", "route", "topk_route", "straight_through", "resolve_band"]
+__all__ = ["RouterOutput", "route", "topk_route", "straight_through", "resolve_band", "check_gate"]
 
 _LOG_GATES = {"softmax": lambda t: torch.log_softmax(t, dim=-1),
               "sigmoid": torch.nn.functional.logsigmoid}
@@ -84,7 +84,8 @@ def _validation_on(validate_args: bool | None) -> bool:
     return validate_args
 
 
-def _check_gate(gate: str) -> None:
+def check_gate(gate: str) -> None:
+    """Raise the §5 ValueError for a gate name `route` does not know."""
     if gate not in _LOG_GATES:
         raise ValueError(f"gate must be one of {sorted(_LOG_GATES)}, got {gate!r}")
 
@@ -200,7 +201,7 @@ def route(logits: torch.Tensor, *, k: int | None = None, k_min: int | None = Non
         check_enough_finite(logits, k_min, "k" if exact else "k_min")
     theta = logits.to(math_dtype(logits.dtype))
     phi = None if size_logits is None else size_logits.to(theta.dtype)
-    _check_gate(gate)
+    check_gate(gate)
     if training or sample_at_inference:
         z, marginals = sample_and_marginals(theta, k_min, k_max, phi, generator=generator,
                                             backend=backend)

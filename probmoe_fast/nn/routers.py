@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..functional import RouterOutput, resolve_band, route, topk_route
+from ..functional import RouterOutput, check_gate, resolve_band, route, topk_route
 
 __all__ = ["ProbRouter", "TopKRouter"]
 
@@ -87,6 +87,7 @@ class ProbRouter(nn.Module):
         super().__init__()
         _check_sizes(d_model, n_experts)
         resolve_band(n_experts, k, k_min, k_max)
+        check_gate(gate)
         if learn_size_logits and k is not None:
             raise ValueError("learn_size_logits needs Dynamic-k (k_min, k_max), not k")
         self.d_model, self.n_experts = d_model, n_experts

@@ -126,6 +126,8 @@ def test_router_conventions_and_errors():
             pf.ProbRouter(4, 6, **kwargs)
     with pytest.raises(ValueError, match="k must satisfy"):
         pf.TopKRouter(4, 6, 7)
+    with pytest.raises(ValueError, match="gate must be one of"):  # at construction, not first call
+        pf.ProbRouter(4, 6, k=2, gate="relu")
 
 
 def test_every_subset_reachable_by_prob_router_not_by_top_k():
