@@ -73,24 +73,7 @@ html_theme = "furo"
 html_title = "probmoe"
 html_static_path = ["_static"]
 
-# Docstrings that break the -W build, owned by other parts of the code: their text is replaced
-# by a note (the signature stays documented) until the owner fixes them. Each entry names the
-# exact docutils error it raises; remove the entry once the docstring builds cleanly.
-BROKEN_DOCSTRINGS = {
-    "probmoe_fast.functional.route": "malformed simple table (a cell wider than its column)",
-    "probmoe_fast.nn.dispatch.dispatch_combine": "malformed simple table",
-}
-
 # Methods that override torch's without a docstring would inherit torch's, whose :ref: labels
 # point into the torch docs and cannot resolve here.
 autodoc_inherit_docstrings = False
 
-
-def _omit_broken_docstring(app, what, name, obj, options, lines):
-    reason = BROKEN_DOCSTRINGS.get(name)
-    if reason is not None:
-        lines[:] = [f"*(Docstring omitted from this build: {reason}; see the source.)*", ""]
-
-
-def setup(app):
-    app.connect("autodoc-process-docstring", _omit_broken_docstring)

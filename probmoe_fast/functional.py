@@ -167,15 +167,15 @@ def route(logits: torch.Tensor, *, k: int | None = None, k_min: int | None = Non
           validate_args: bool | None = None) -> RouterOutput:
     r"""Exact probabilistic routing (module docstring; DESIGN.md §2).
 
-    ==================  =====================  ================================================
-    argument            shape                  dtype
-    ==================  =====================  ================================================
-    ``logits``          ``(..., n)``           float16/bfloat16/float32 (math in float32) or
-                                               float64
-    ``size_logits``     ``(..., L)`` / ``(L,)``  Dynamic-k :math:`\phi_j`, ``j = k_min..k_max``,
-                                               ``L = k_max - k_min + 1``
-    result              :class:`RouterOutput`  ``K = k`` or ``k_max`` slots
-    ==================  =====================  ================================================
+    ==================  =========================  ============================================
+    argument            shape                      dtype / meaning
+    ==================  =========================  ============================================
+    ``logits``          ``(..., n)``               float16/bfloat16/float32 (math in float32) or
+                                                   float64
+    ``size_logits``     ``(..., L)`` or ``(L,)``   Dynamic-k :math:`\phi_j`, ``j = k_min..k_max``,
+                                                   ``L = k_max - k_min + 1``
+    result              :class:`RouterOutput`      ``K = k`` or ``k_max`` slots
+    ==================  =========================  ============================================
 
     ``training`` selects sample + straight-through weights; otherwise the mode, or a sample if
     ``sample_at_inference`` (then ``marginals`` is returned too: one DP table gives both).

@@ -59,16 +59,16 @@ def dispatch_combine(x: torch.Tensor, indices: torch.Tensor, weights: torch.Tens
                      valid: torch.Tensor, experts) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Compute :math:`y_t = \sum_s w_{ts} f_{i_{ts}}(x_t)` over the valid slots.
 
-    ============  =================  =====================================================
-    argument      shape              dtype
-    ============  =================  =====================================================
-    ``x``         ``(T, d_model)``   float
-    ``indices``   ``(T, K)``         int64 expert ids in ``[0, E)``
-    ``weights``   ``(T, K)``         float (cast to the experts' output dtype)
-    ``valid``     ``(T, K)``         bool; invalid slots are never dispatched
-    ``experts``   module             ``experts(x_sorted (P, d), counts (E,)) -> (P, d)``
-    result        ``((T, d), (E,))`` (output in the experts' dtype, int64 counts per expert)
-    ============  =================  =====================================================
+    ============  ====================  ==================================================
+    argument      shape                 dtype
+    ============  ====================  ==================================================
+    ``x``         ``(T, d_model)``      float
+    ``indices``   ``(T, K)``            int64 expert ids in ``[0, E)``
+    ``weights``   ``(T, K)``            float (cast to the experts' output dtype)
+    ``valid``     ``(T, K)``            bool; invalid slots are never dispatched
+    ``experts``   module                ``experts(x_sorted (P, d), counts (E,)) -> (P, d)``
+    result        ``((T, d), (E,))``    output in the experts' dtype, int64 counts per expert
+    ============  ====================  ==================================================
     """
     plan = sort_by_expert(indices, valid, experts.n_experts)
     out = experts(x[plan.token], plan.counts)
