@@ -71,8 +71,10 @@ def tied_logits(draw, min_n: int = 1, max_n: int = 8) -> np.ndarray:
 
 @st.composite
 def masked_logits(draw, min_n: int = 1, max_n: int = 8, min_finite: int = 1) -> np.ndarray:
-    """Moderate logits with some entries set to ``-inf``; at least ``min_finite`` stay finite."""
-    base = draw(moderate_logits(min_n=max(min_n, min_finite), max_n=max(max_n, min_finite)))
+    """Moderate, widely spread or tied logits with some entries set to ``-inf``; at least
+    ``min_finite`` stay finite."""
+    lo, hi = max(min_n, min_finite), max(max_n, min_finite)
+    base = draw(st.one_of(moderate_logits(lo, hi), spread_logits(lo, hi), tied_logits(lo, hi)))
     n = base.shape[0]
     n_masked = draw(st.integers(0, n - min_finite))
     where = draw(st.permutations(range(n)))[:n_masked]
