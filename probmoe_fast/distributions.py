@@ -46,7 +46,7 @@ from torch.distributions import Distribution, constraints
 
 from ._core import validation
 from ._core.mode import mode_mask
-from ._core.partition import size_scores
+from ._core.partition import log_partition, size_scores
 from .ops.backend import resolve_backend
 from .ops.batched import esp_stats, math_dtype, sample, sample_and_marginals
 from .ops.pairwise import pairwise_marginals as _pairwise
@@ -119,7 +119,8 @@ class _SubsetDistribution(Distribution):
 
     @property
     def log_partition(self) -> torch.Tensor:
-        return self.k_min * self._stats()[1] + torch.logsumexp(self._scores(), dim=-1)
+        log_e, shift, _ = self._stats()
+        return log_partition(log_e, shift, self.k_min, self.size_logits)
 
     @property
     def marginals(self) -> torch.Tensor:

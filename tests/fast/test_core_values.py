@@ -202,3 +202,11 @@ def test_size_logits_balancing_a_large_offset_float32():
     masks = np.asarray(masks, float)
     np.testing.assert_allclose(d.log_prob(torch.as_tensor(masks).float()).double().numpy(),
                                np.asarray(ref.log_prob(masks), float), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("x", [
+    100.0,   # scores reach (k_max - k_min) c = 300: logsumexp's backward e^{r - log Z} lost 2e-6
+    1000.0,  # the same at spread 1e3 (was 1.7e-5 off)
+])
+def test_band_float32_size_probabilities_at_large_offsets(x):
+    _check_row(np.array([0.0, 0.0, x, x]), 1, 4, None, torch.float32)
