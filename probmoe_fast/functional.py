@@ -206,15 +206,13 @@ def route(logits: torch.Tensor, *, k: int | None = None, k_min: int | None = Non
         z, marginals = sample_and_marginals(theta, k_min, k_max, phi, generator=generator,
                                             backend=backend)
         carrier = straight_through(z, marginals) if training else z
-        indices, weights, valid = _gather_slots(carrier, _selected_first(z),
-                                                _routed_gate(theta, gate, z, k_max, normalize),
-                                                k_max, normalize)
-        return RouterOutput(indices, weights, valid, marginals, logits)
-    mask = mode_mask(theta, k_min, k_max, phi)
-    indices, weights, valid = _gather_slots(mask, _selected_first(mask),
-                                            _routed_gate(theta, gate, mask, k_max, normalize),
+    else:
+        z = carrier = mode_mask(theta, k_min, k_max, phi)
+        marginals = None
+    indices, weights, valid = _gather_slots(carrier, _selected_first(z),
+                                            _routed_gate(theta, gate, z, k_max, normalize),
                                             k_max, normalize)
-    return RouterOutput(indices, weights, valid, None, logits)
+    return RouterOutput(indices, weights, valid, marginals, logits)
 
 
 def _routed_gate(theta, gate, selected, k_max, normalize):
