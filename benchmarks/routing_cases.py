@@ -21,10 +21,12 @@ __all__ = ["SIZES", "make_inputs", "ROUTERS", "step", "saved_bytes"]
 SIZES = [(4096, 64, 8), (4096, 60, 4)]
 
 
-def make_inputs(T: int, n: int, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(T, n, generator=g).requires_grad_()
-    cotangent = torch.randn(T, n, generator=g)
+def make_inputs(T: int, n: int, seed: int = 0, device="cpu", dtype=torch.float32):
+    """Standard normal ``(T, n)`` logits (leaf, requiring grad) and cotangent, and the generator
+    (on ``device``) that drew them, for the samplers to go on with."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    logits = torch.randn(T, n, generator=g, device=device, dtype=dtype).requires_grad_()
+    cotangent = torch.randn(T, n, generator=g, device=device, dtype=dtype)
     return logits, cotangent, g
 
 
