@@ -15,17 +15,27 @@ so every weight :math:`e^{\theta_l - c} \le 1` and no table entry can overflow. 
   gradient at all.
 * **sorted** (any spread) for the rows that fail: the experts are sorted once and each level is
   normalised by the product of the top weights, so every entry lies in
-  :math:`[1, \binom{n}{j}]`.
+  :math:`[1, \binom{n}{j}]`:
+  :math:`\ell_j = \log Q_j(n) + o_j` with :math:`o_j = \sum_{l \le j} (\theta_{(l)} - c)`.
+  The multipliers' exponents are differences of the logits themselves,
+  :math:`\theta_l - \theta_{(j)}` (one rounding, exact for close logits), and :math:`o_j` is
+  kept apart, in float64: it reaches :math:`-(j-1)` × spread, where float32 steps are ~1e-4,
+  while only the differences :math:`o_j + (j - k_{\min}) c` between levels enter the size
+  probabilities (:mod:`probmoe_fast._core.partition` adds them before rounding).
 
 =============  ==========================  ===================================================
 name           shape                       meaning
 =============  ==========================  ===================================================
 ``theta``      ``(T, n)``                  float32 / float64 logits, :math:`-\infty` = masked
-``log_e``      ``(T, k_max - k_min + 1)``  :math:`\log e_j(e^{\theta - c})`; :math:`-\infty`
+``log_q``      ``(T, k_max - k_min + 1)``  :math:`\log Q_j(n) = \ell_j - o_j`; :math:`-\infty`
                                            where :math:`e_j = 0` (fewer finite logits than j)
 ``shift``      ``(T,)``                    :math:`c`, detached
 ``tables``     ``k_max + 1`` × ``(n, T)``  normalised prefix levels, position-major (detached)
 ``order``      ``(T, n)`` int64 or None    table position -> expert index (None: identity)
+``offset``     ``(T, L)`` float64 or None  :math:`o_j` (0 on plain rows; None: all rows
+                                           plain), detached
+``log_e``      ``(T, L)``                  :math:`\ell_j = \log e_j(e^{\theta - c})`,
+                                           i.e. ``log_q + offset`` rounded to the math dtype
 =============  ==========================  ===================================================
 
 Cost: :math:`O(T n k_{\max})` time and transient memory, plus an :math:`O(n \log n)` sort for the
@@ -48,10 +58,18 @@ _FLOOR = {torch.float32: 20.0, torch.float64: 200.0}
 
 
 class ESP(NamedTuple):
-    log_e: torch.Tensor
+    log_q: torch.Tensor
     shift: torch.Tensor
     tables: list[torch.Tensor]
     order: torch.Tensor | None
+    offset: torch.Tensor | None = None
+
+    @property
+    def log_e(self) -> torch.Tensor:
+        r""":math:`\ell_j` in the math dtype (rounded: prefer ``log_q`` and ``offset``)."""
+        if self.offset is None:
+            return self.log_q
+        return self.log_q + self.offset.to(self.log_q.dtype)
 
 
 def finite_max(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,12 +88,9 @@ def plain_rows(last: torch.Tensor, n_finite: torch.Tensor, k_min: int):
     return keep, (keep | ~fillable).all(dim=-1)
 
 
-def _log_levels(last: torch.Tensor, keep: torch.Tensor, offsets: torch.Tensor | None,
-                k_min: int, k_max: int) -> torch.Tensor:
-    """``log(Q_j(n)) + R_j`` for j in the band where ``keep``, else a real -inf (NaN-free)."""
+def _log_levels(last: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``log(Q_j(n))`` for j in the band where ``keep``, else a real -inf (NaN-free)."""
     logs = torch.log(torch.where(keep, last, torch.ones_like(last)))
-    if offsets is not None:
-        logs = logs + offsets[:, k_min:k_max + 1]
     return torch.where(keep, logs, torch.full_like(logs, -math.inf))
 
 
@@ -86,23 +101,20 @@ def _band_last(levels: list[torch.Tensor], k_min: int, k_max: int) -> torch.Tens
 
 def _sorted(theta: torch.Tensor, shift: torch.Tensor, n_finite: torch.Tensor, k_min: int,
             k_max: int):
-    x = theta - shift[:, None]
-    order = torch.sort(x.detach(), dim=-1, descending=True, stable=True).indices
-    xs = x.gather(-1, order)
-    if k_max == 0:
-        levels = [torch.ones_like(xs)]
-        last = _band_last(levels, 0, 0)
-        return _log_levels(last, last > 0, None, 0, 0), levels, order
-    top = xs.detach()
-    # rho_j = x_(min(j, n_finite)): the j-th largest finite logit (the last finite one beyond).
+    """``(log_q, offset, levels, order)`` of the sorted table for the rows ``theta``."""
+    order = torch.sort(theta.detach(), dim=-1, descending=True, stable=True).indices
+    xs = theta.gather(-1, order)
+    # rho_j = theta_(min(j, n_finite)): the j-th largest finite logit (the last finite one beyond).
     ref = (torch.arange(k_max, device=theta.device) + 1).clamp(max=theta.shape[-1])
     ref = torch.minimum(ref[None, :], n_finite.clamp(min=1)[:, None]) - 1
-    rho = top.gather(-1, ref)
-    rho = torch.where(torch.isfinite(rho), rho, torch.zeros_like(rho))
-    offsets = torch.nn.functional.pad(torch.cumsum(rho, dim=-1), (1, 0))
+    rho = xs.detach().gather(-1, ref)
+    rho = torch.where(torch.isfinite(rho), rho, shift[:, None])
+    # o_j = sum_{l <= j} (rho_l - c) in float64 (exact for float32 logits)
+    offset = torch.cumsum(rho.double() - shift.double()[:, None], dim=-1)
+    offset = torch.nn.functional.pad(offset, (1, 0))[:, k_min:k_max + 1]
     levels = prefix_tables(xs, k_max, rho)
     last = _band_last(levels, k_min, k_max)
-    return _log_levels(last, last.detach() > 0, offsets, k_min, k_max), levels, order
+    return _log_levels(last, last.detach() > 0), offset, levels, order
 
 
 def log_esp(theta: torch.Tensor, k_min: int, k_max: int) -> ESP:
@@ -114,14 +126,16 @@ def log_esp(theta: torch.Tensor, k_min: int, k_max: int) -> ESP:
     last = _band_last(levels, k_min, k_max)
     with torch.no_grad():
         keep, plain = plain_rows(last, n_finite, k_min)
-    log_e = _log_levels(last, keep, None, k_min, k_max)
+    log_q = _log_levels(last, keep)
+    offset = None
     order = torch.arange(n, device=theta.device).expand(n_rows, n)
     tables = [q.detach() for q in levels]
     if not bool(plain.all()):
         rows = (~plain).nonzero().squeeze(-1)
-        log_e_s, levels_s, order_s = _sorted(theta[rows], shift[rows], n_finite[rows], k_min,
-                                             k_max)
-        log_e = log_e.index_put((rows,), log_e_s)
+        log_q_s, offset_s, levels_s, order_s = _sorted(theta[rows], shift[rows], n_finite[rows],
+                                                       k_min, k_max)
+        log_q = log_q.index_put((rows,), log_q_s)
+        offset = offset_s.new_zeros(log_q.shape).index_put((rows,), offset_s)
         tables = [q.index_put((rows,), q_s.detach()) for q, q_s in zip(tables, levels_s)]
         order = order.index_put((rows,), order_s)
-    return ESP(log_e, shift, [q.T for q in tables], order)
+    return ESP(log_q, shift, [q.T for q in tables], order, offset)

@@ -61,7 +61,7 @@ __all__ = ["esp_forward", "ESPFunction", "draw_samples", "routed_forward"]
 def _marginals_graph(theta, size_logits, k_min, k_max, create_graph):
     """``(esp, m)`` with ``m`` differentiable in ``theta`` when ``create_graph``."""
     esp = log_esp(theta, k_min, k_max)
-    log_z = log_partition(esp.log_e, esp.shift, k_min, size_logits)
+    log_z = log_partition(esp.log_q, esp.shift, k_min, size_logits, esp.offset)
     if k_max == 0:  # the empty subset, m = 0 (log Z may still depend on phi_0)
         return esp, torch.zeros_like(theta)
     (m,) = torch.autograd.grad(log_z.sum(), theta, create_graph=create_graph)
@@ -74,8 +74,8 @@ def draw_samples(esp, size_logits, k_min, k_max, n_samples, generator):
     if k_min == k_max:
         sizes = torch.full((n_samples * n_rows,), k_min, dtype=torch.long, device=esp.shift.device)
     else:
-        probs = size_probs(esp.log_e.detach(), esp.shift, k_min,
-                           None if size_logits is None else size_logits.detach())
+        probs = size_probs(esp.log_q.detach(), esp.shift, k_min,
+                           None if size_logits is None else size_logits.detach(), esp.offset)
         cumulative = torch.cumsum(probs, dim=-1).repeat(n_samples, 1)
         u = 1.0 - torch.rand(cumulative.shape[0], generator=generator, dtype=probs.dtype,
                              device=probs.device)
@@ -92,7 +92,7 @@ def _general_forward(theta, phi, k_min, k_max):
     with torch.enable_grad():
         leaf = theta.detach().requires_grad_()
         esp, m = _marginals_graph(leaf, phi, k_min, k_max, create_graph=False)
-    return esp._replace(log_e=esp.log_e.detach()), m
+    return esp._replace(log_q=esp.log_q.detach()), m
 
 
 def _general_backward(theta, size_logits, k_min, k_max, grad_log_e, grad_m, needs_phi,
@@ -137,10 +137,13 @@ def routed_forward(theta, phi, k_min, k_max, with_marginals):
     rows = _rows(~plain)
     part, m_part = general(theta[rows], None if phi is None else phi[rows], k_min, k_max)
     identity = torch.arange(theta.shape[-1], device=theta.device).expand_as(theta)
-    esp = esp._replace(log_e=_merge(esp.log_e, rows, part.log_e),
+    # the fast rows are plain (offset 0); the general ones may carry the sorted offsets
+    offset = None if part.offset is None else _merge(
+        part.offset.new_zeros(esp.log_q.shape), rows, part.offset)
+    esp = esp._replace(log_q=_merge(esp.log_q, rows, part.log_q),
                        tables=[_merge(q.T, rows, q_part.T).T  # position-major levels
                                for q, q_part in zip(esp.tables, part.tables)],
-                       order=_merge(identity, rows, part.order))
+                       order=_merge(identity, rows, part.order), offset=offset)
     return esp, None if m is None else _merge(m, rows, m_part), plain
 
 

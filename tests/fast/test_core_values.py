@@ -210,3 +210,38 @@ def test_size_logits_balancing_a_large_offset_float32():
 ])
 def test_band_float32_size_probabilities_at_large_offsets(x):
     _check_row(np.array([0.0, 0.0, x, x]), 1, 4, None, torch.float32)
+
+
+@pytest.mark.parametrize("theta,k_min,k_max,phi", [
+    # one logit 375 above four tied ones: the sorted table's offsets reach -3 x 375 (float32
+    # steps ~1e-4) while sizes 1..4 are all likely; marginals were off by 4.5e-6 (bar 3.75e-6)
+    ([0.0, 0.0, 0.0, 0.0, 375.0], 1, 4, None),
+    # spread 100 with size logits: the size scores are ~ -181 (float32 steps ~1.5e-5) and the two
+    # sizes compete; marginals were off by 2.5e-6 (bar 2e-6)
+    ([0.0, 100.0, 12.5, 6.25], 3, 4, [0.11414659, 0.0]),
+])
+def test_band_float32_sorted_offsets_kept_in_float64(theta, k_min, k_max, phi):
+    _check_row(np.array(theta), k_min, k_max, None if phi is None else np.array(phi),
+               torch.float32)
+
+
+@st.composite
+def _two_clusters(draw):
+    """Logits in two tight clusters ``gap`` (100 .. 1e4) apart, offset anywhere in ±1e4: the rows
+    take the sorted table, whose level offsets reach -(j-1) gap, and the sizes around the top
+    cluster's count compete."""
+    n = draw(st.integers(2, 8))
+    n_top = draw(st.integers(1, n - 1))
+    gap = draw(st.floats(100.0, 1e4))
+    jitter = draw(st.sampled_from([0.0, 0.1, 1.0]))
+    noise = np.asarray(draw(st.lists(st.floats(-1.0, 1.0), min_size=n, max_size=n)))
+    offset = draw(st.floats(-1e4, 1e4))
+    order = draw(st.permutations(range(n)))
+    return (offset + np.where(np.arange(n) < n_top, gap, 0.0) + jitter * noise)[order]
+
+
+@settings(max_examples=60)
+@given(vs.band_cases(logits=_two_clusters()))
+def test_band_float32_two_clusters_within_section6(case):
+    theta, k_min, k_max, phi = case
+    _check_row(theta, k_min, k_max, phi, torch.float32)
