@@ -198,10 +198,17 @@ def _error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
 
+_SEEN_ERRORS: set[str] = set()
+
+
 def _report_error(what: str, error: BaseException, device: torch.device) -> str:
+    """Print the error (with its innermost frames the first time it is seen) and free the
+    cached CUDA memory; return its one-line text."""
     text = _error_text(error)
     print(f"  ERROR in {what}: {text}", flush=True)
-    traceback.print_exc(limit=3)
+    if text not in _SEEN_ERRORS:
+        _SEEN_ERRORS.add(text)
+        traceback.print_exc(limit=-4, file=sys.stdout)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return text
