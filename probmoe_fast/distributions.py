@@ -36,7 +36,10 @@ member                     shape                       meaning / cost per row
 :math:`K = k` (Exact-k) or :math:`k_{\max}`. Half/bfloat16 logits are accepted; the math runs in
 float32 (float64 stays float64) and results come back in that dtype. ``validate_args`` follows
 ``torch.distributions`` (default: ``Distribution._validate_args``); DESIGN.md §5 errors are
-``ValueError`` naming the offending batch index. ``backend``: "auto" | "torch" | "triton".
+``ValueError`` naming the offending batch index. ``backend``: "auto" | "torch" | "triton"
+(:mod:`probmoe_fast.ops.backend`): with Triton, ``log_partition``, ``marginals``,
+``size_probs``, ``sample`` and ``rsample`` run in the fused kernels; the other members use the
+torch path.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from ._core import validation
 from ._core.mode import mode_mask
 from ._core.partition import log_partition, size_scores
 from .ops.backend import resolve_backend
-from .ops.batched import esp_stats, math_dtype, sample, sample_and_marginals
+from .ops.batched import esp_stats, math_dtype, partition_stats, sample, sample_and_marginals
 from .ops.pairwise import pairwise_marginals as _pairwise
 
 __all__ = ["ExactK", "DynamicK"]
@@ -77,12 +80,12 @@ class _SubsetDistribution(Distribution):
 
     def __init__(self, logits, k_min, k_max, size_logits, validate_args, backend):
         self.backend = backend
-        resolve_backend(backend)
         validate = Distribution._validate_args if validate_args is None else validate_args
         if validate:
             validation.check_logits(logits)
             validation.check_enough_finite(logits, k_min, "k" if k_min == k_max else "k_min")
         self.logits = logits.to(math_dtype(logits.dtype))
+        self._triton = resolve_backend(backend, self.logits) == "triton"
         self.k_min, self.k_max = k_min, k_max
         batch_shape = self.logits.shape[:-1]
         if size_logits is not None:
@@ -113,18 +116,27 @@ class _SubsetDistribution(Distribution):
                                              self.size_logits, self.backend)
         return self._cache["stats"]
 
+    def _partition(self):
+        """``(log Z, m, size_probs)`` from the Triton kernels (one launch, cached)."""
+        if "partition" not in self._cache:
+            self._cache["partition"] = partition_stats(self.logits, self.k_min, self.k_max,
+                                                       self.size_logits, "triton")
+        return self._cache["partition"]
+
     def _scores(self):
         log_e, shift, _ = self._stats()
         return size_scores(log_e, shift, self.k_min, self.size_logits)
 
     @property
     def log_partition(self) -> torch.Tensor:
+        if self._triton:
+            return self._partition()[0]
         log_e, shift, _ = self._stats()
         return log_partition(log_e, shift, self.k_min, self.size_logits)
 
     @property
     def marginals(self) -> torch.Tensor:
-        return self._stats()[2]
+        return self._partition()[1] if self._triton else self._stats()[2]
 
     @property
     def mean(self) -> torch.Tensor:
@@ -204,6 +216,7 @@ class _SubsetDistribution(Distribution):
         batch_shape = torch.Size(batch_shape)
         new.logits = self.logits.expand(batch_shape + self.logits.shape[-1:])
         new.k_min, new.k_max, new.backend = self.k_min, self.k_max, self.backend
+        new._triton = self._triton
         new.size_logits = None if self.size_logits is None else self.size_logits.expand(
             batch_shape + self.size_logits.shape[-1:])
         new._cache = {}
@@ -248,6 +261,8 @@ class DynamicK(_SubsetDistribution):
 
     @property
     def size_probs(self) -> torch.Tensor:
+        if self._triton:
+            return self._partition()[2]
         return torch.softmax(self._scores(), dim=-1)
 
     def expand(self, batch_shape, _instance=None):

@@ -1,8 +1,14 @@
-"""Shared pytest configuration: a deterministic hypothesis profile for CI."""
+"""Shared pytest configuration: a deterministic hypothesis profile for CI, and Triton's
+interpreter on machines without CUDA (set before any kernel is compiled, so the Triton
+backend's tests run its kernels on the CPU)."""
 
 import os
 
+import torch
 from hypothesis import HealthCheck, settings
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # "ci": derandomized (fixed seed per test), no deadline (CI machines are slow and shared).
 settings.register_profile(

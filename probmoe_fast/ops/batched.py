@@ -10,7 +10,12 @@ function                                    returns
                                             table serves the sample and the marginals
 ``sample(...)``                             ``z (S..., ..., n)`` only (no marginals, no
                                             graph)
+``partition_stats(...)``                    ``(log Z (...,), m (..., n), P(|S|) (..., L))``
 ==========================================  ============================================
+
+``backend`` (:mod:`probmoe_fast.ops.backend`) picks the torch DP or the Triton kernels
+(:mod:`probmoe_fast.ops.triton_route`) for the sampling and partition functions; ``esp_stats``
+is the torch path's table interface and always runs there.
 
 ``size_logits`` is ``(..., L)`` or ``(L,)`` with :math:`L = k_{\max} - k_{\min} + 1` (or None).
 No validation here (the callers validate, DESIGN.md §5). Cost: see
@@ -23,10 +28,11 @@ import math
 
 import torch
 
+from .._core.partition import log_partition, size_probs
 from .backend import resolve_backend
 from .esp_function import draw_samples, esp_forward, routed_forward
 
-__all__ = ["math_dtype", "esp_stats", "sample_and_marginals", "sample"]
+__all__ = ["math_dtype", "esp_stats", "sample_and_marginals", "sample", "partition_stats"]
 
 
 def math_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -59,10 +65,12 @@ def sample_and_marginals(logits, k_min, k_max, size_logits=None, sample_shape=to
     r"""Exact samples ``z`` ``(*sample_shape, ..., n)`` (0/1, no gradient) and the marginals
     ``m`` ``(..., n)`` (differentiable, exact :math:`\mathrm{Cov}(z)` backward) from one DP
     table. Exact-k is ``k_min == k_max == k``."""
-    resolve_backend(backend)
     theta, phi, batch_shape = _flat(logits, k_min, k_max, size_logits)
     sample_shape = torch.Size(sample_shape)
     n_samples = math.prod(sample_shape)
+    if resolve_backend(backend, theta) == "triton":
+        z, m = _triton_sample(theta, phi, k_min, k_max, n_samples, generator)
+        return z.reshape(*sample_shape, *logits.shape), m.reshape(logits.shape)
     if n_samples == 0:
         _, _, m, _ = esp_forward(theta, k_min, k_max, phi)
         z = theta.new_zeros(*sample_shape, *logits.shape)
@@ -76,12 +84,47 @@ def sample_and_marginals(logits, k_min, k_max, size_logits=None, sample_shape=to
 def sample(logits, k_min, k_max, size_logits=None, sample_shape=torch.Size(), generator=None,
            backend="auto"):
     r"""Exact samples ``(*sample_shape, ..., n)`` (0/1), without the marginals."""
-    resolve_backend(backend)
     theta, phi, _ = _flat(logits, k_min, k_max, size_logits)
     sample_shape = torch.Size(sample_shape)
     n_samples = math.prod(sample_shape)
     if n_samples == 0:
         return theta.new_zeros(*sample_shape, *logits.shape)
+    if resolve_backend(backend, theta) == "triton":
+        z, _ = _triton_sample(theta, phi, k_min, k_max, n_samples, generator)
+        return z.reshape(*sample_shape, *logits.shape)
     esp, _, _ = routed_forward(theta, phi, k_min, k_max, with_marginals=False)
     z = draw_samples(esp, phi, k_min, k_max, n_samples, generator)
     return z.reshape(*sample_shape, *logits.shape)
+
+
+def partition_stats(logits, k_min, k_max, size_logits=None, backend="auto"):
+    r"""``(log Z (...,), m (..., n), size_probs (..., L))``, each differentiable in ``logits``
+    and ``size_logits`` (the Triton backend's backward is not itself differentiable)."""
+    theta, phi, batch_shape = _flat(logits, k_min, k_max, size_logits)
+    if resolve_backend(backend, theta) == "triton":
+        from .triton_route import draw_seed, route_fwd
+        log_z, m, p, _, _ = route_fwd(theta, phi, k_min, k_max,
+                                      draw_seed(None, theta.device), False)
+    else:
+        log_e, shift, m, _ = esp_forward(theta, k_min, k_max, phi)
+        log_z = log_partition(log_e, shift, k_min, phi)
+        p = size_probs(log_e, shift, k_min, phi)
+    return (log_z.reshape(batch_shape), m.reshape(logits.shape),
+            p.reshape(*batch_shape, k_max - k_min + 1))
+
+
+def _triton_sample(theta, phi, k_min, k_max, n_samples, generator):
+    r"""``(z (n_samples * T, n), m (T, n))`` from the Triton kernels: the rows are repeated
+    once per sample (one kernel launch; row ``r`` draws from row ``r mod T``)."""
+    from .triton_route import draw_seed, route_fwd
+    draws = max(n_samples, 1)
+    rep = theta.repeat(draws, 1)
+    rep_phi = None if phi is None else phi.repeat(draws, 1)
+    _, m, _, indices, sizes = route_fwd(rep, rep_phi, k_min, k_max,
+                                        draw_seed(generator, theta.device), n_samples > 0)
+    m = m[:theta.shape[0]]
+    if n_samples == 0:
+        return theta.new_zeros(0, theta.shape[-1]), m
+    taken = torch.arange(k_max, device=theta.device) < sizes[:, None]
+    z = theta.new_zeros(rep.shape).scatter_add_(1, indices, taken.to(theta.dtype))
+    return z, m
