@@ -54,12 +54,13 @@ def _launch_shape(T: int, k_max: int, device: torch.device) -> tuple[int, int, i
     """``(KP, BLOCK_T, n_blocks, grid)``: levels padded to a power of two, tokens per program,
     blocks, and the (capped, persistent) number of programs."""
     KP = max(2, triton.next_power_of_2(k_max + 1))
-    BLOCK_T = max(4, min(64, 1024 // KP))
-    n_blocks = max(1, triton.cdiv(T, BLOCK_T))
     if device.type == "cuda":
+        BLOCK_T = max(4, min(64, 1024 // KP))
         cap = 4 * torch.cuda.get_device_properties(device).multi_processor_count
-    else:
-        cap = 64
+    else:  # the interpreter: numpy over the whole tile, so few and large blocks
+        BLOCK_T = max(4, min(1024, triton.next_power_of_2(T)))
+        cap = 16
+    n_blocks = max(1, triton.cdiv(T, BLOCK_T))
     return KP, BLOCK_T, n_blocks, min(n_blocks, cap)
 
 
