@@ -124,19 +124,19 @@ class _SubsetDistribution(Distribution):
         return self._cache["partition"]
 
     def _scores(self):
-        log_e, shift, _ = self._stats()
-        return size_scores(log_e, shift, self.k_min, self.size_logits)
+        log_q, offset, shift, _ = self._stats()
+        return size_scores(log_q, shift, self.k_min, self.size_logits, offset)
 
     @property
     def log_partition(self) -> torch.Tensor:
         if self._triton:
             return self._partition()[0]
-        log_e, shift, _ = self._stats()
-        return log_partition(log_e, shift, self.k_min, self.size_logits)
+        log_q, offset, shift, _ = self._stats()
+        return log_partition(log_q, shift, self.k_min, self.size_logits, offset)
 
     @property
     def marginals(self) -> torch.Tensor:
-        return self._partition()[1] if self._triton else self._stats()[2]
+        return self._partition()[1] if self._triton else self._stats()[3]
 
     @property
     def mean(self) -> torch.Tensor:
@@ -152,35 +152,41 @@ class _SubsetDistribution(Distribution):
         return mode_mask(self.logits, self.k_min, self.k_max, self.size_logits)
 
     def entropy(self) -> torch.Tensor:
-        log_e, shift, m = self._stats()
+        log_q, offset, shift, m = self._stats()
         log_p = torch.log_softmax(self._scores(), dim=-1)
         p = log_p.exp()
-        finite_levels = torch.isfinite(log_e)
-        size_entropy = -(p * torch.where(finite_levels, log_p, torch.zeros_like(log_p))).sum(-1)
-        level_term = (p * torch.where(finite_levels, log_e, torch.zeros_like(log_e))).sum(-1)
+        finite_levels = torch.isfinite(log_q) & torch.isfinite(offset)
+        zero = torch.zeros_like(log_p)
+        size_entropy = -(p * torch.where(finite_levels, log_p, zero)).sum(-1)
+        level_term = (p * torch.where(finite_levels, log_q, zero)).sum(-1)
         finite = torch.isfinite(self.logits)
         x = torch.where(finite, self.logits - shift.unsqueeze(-1), torch.zeros_like(self.logits))
-        return size_entropy + level_term - (m * x).sum(-1)
+        # sum_j p_j o_j and sum_i m_i x_i are both ~ k x spread and cancel: summed in float64
+        large = ((p.double() * torch.where(finite_levels, offset, zero.double())).sum(-1)
+                 - (m.double() * x.double()).sum(-1))
+        return size_entropy + level_term + large.to(level_term.dtype)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
             validation.check_mask(value, self.batch_shape, self.logits.shape[-1], self.k_min,
                                   self.k_max)
-        log_e, shift, _ = self._stats()
+        log_q, level_offset, shift, _ = self._stats()
         value = value.to(self.logits.dtype)
         selected = torch.where(value > 0, self.logits - shift.unsqueeze(-1),
                                torch.zeros_like(self.logits)).sum(-1)
         count = value.sum(-1)
         # log P(S) = sum_S (theta_i - c) - logsumexp_j(phi_j - phi_|S| + (j - |S|) c + l_j): the
-        # offsets are summed in float64, as in size_scores (phi may balance a large c)
+        # offsets (and the levels' o_j) are summed in float64, as in size_scores (phi may
+        # balance a large c)
         sizes = torch.arange(self.k_min, self.k_max + 1, device=value.device,
                              dtype=torch.float64)
-        offset = (sizes - count.double().unsqueeze(-1)) * shift.double().unsqueeze(-1)
+        offset = ((sizes - count.double().unsqueeze(-1)) * shift.double().unsqueeze(-1)
+                  + level_offset)
         if self.size_logits is not None:
             index = (count.long() - self.k_min).clamp(0, self.k_max - self.k_min)
             phi = self.size_logits.double().expand(*count.shape, self.k_max - self.k_min + 1)
             offset = offset + phi - phi.gather(-1, index.unsqueeze(-1))
-        log_p = selected - torch.logsumexp(log_e + offset.to(log_e.dtype), dim=-1)
+        log_p = selected - torch.logsumexp(log_q + offset.to(log_q.dtype), dim=-1)
         in_band = (count >= self.k_min) & (count <= self.k_max)
         return torch.where(in_band, log_p, torch.full_like(log_p, float("-inf")))
 

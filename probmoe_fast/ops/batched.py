@@ -5,7 +5,8 @@ logits ``(..., n)`` of any float dtype, the math in float32 (float64 stays float
 function                                    returns
 ==========================================  ============================================
 ``math_dtype(dtype)``                       float64 for float64, else float32 (§4)
-``esp_stats(logits, k_min, k_max, ...)``    ``(log_e (..., L), shift (...,), m (..., n))``
+``esp_stats(logits, k_min, k_max, ...)``    ``(log_q (..., L), offset (..., L), shift (...,),
+                                            m (..., n))``
 ``sample_and_marginals(...)``               ``(z (S..., ..., n), m (..., n))``: one DP
                                             table serves the sample and the marginals
 ``sample(...)``                             ``z (S..., ..., n)`` only (no marginals, no
@@ -51,12 +52,14 @@ def _flat(logits, k_min, k_max, size_logits):
 
 
 def esp_stats(logits, k_min, k_max, size_logits=None, backend="auto"):
-    r"""``(log_e, shift, marginals)`` in batch shape; ``log_e[..., j - k_min]`` is
-    :math:`\log e_j(e^{\theta - c})`."""
+    r"""``(log_q, offset, shift, marginals)`` in batch shape; ``log_q + offset`` at
+    ``[..., j - k_min]`` is :math:`\log e_j(e^{\theta - c})`, with the float64 ``offset`` kept
+    apart (see :mod:`probmoe_fast._core.partition`)."""
     resolve_backend(backend)
     theta, phi, batch_shape = _flat(logits, k_min, k_max, size_logits)
-    log_e, shift, m, _ = esp_forward(theta, k_min, k_max, phi)
-    return (log_e.reshape(*batch_shape, k_max - k_min + 1), shift.reshape(batch_shape),
+    log_q, offset, shift, m, _ = esp_forward(theta, k_min, k_max, phi)
+    levels = (*batch_shape, k_max - k_min + 1)
+    return (log_q.reshape(levels), offset.reshape(levels), shift.reshape(batch_shape),
             m.reshape(logits.shape))
 
 
@@ -72,10 +75,10 @@ def sample_and_marginals(logits, k_min, k_max, size_logits=None, sample_shape=to
         z, m = _triton_sample(theta, phi, k_min, k_max, n_samples, generator)
         return z.reshape(*sample_shape, *logits.shape), m.reshape(logits.shape)
     if n_samples == 0:
-        _, _, m, _ = esp_forward(theta, k_min, k_max, phi)
+        m = esp_forward(theta, k_min, k_max, phi)[3]
         z = theta.new_zeros(*sample_shape, *logits.shape)
     else:
-        _, _, m, z = esp_forward(theta, k_min, k_max, phi, n_samples, generator)
+        _, _, _, m, z = esp_forward(theta, k_min, k_max, phi, n_samples, generator)
         z = z.reshape(*sample_shape, *logits.shape)
     return z, m.reshape(logits.shape)
 
@@ -106,9 +109,9 @@ def partition_stats(logits, k_min, k_max, size_logits=None, backend="auto"):
         log_z, m, p, _, _ = route_fwd(theta, phi, k_min, k_max,
                                       draw_seed(None, theta.device), False)
     else:
-        log_e, shift, m, _ = esp_forward(theta, k_min, k_max, phi)
-        log_z = log_partition(log_e, shift, k_min, phi)
-        p = size_probs(log_e, shift, k_min, phi)
+        log_q, offset, shift, m, _ = esp_forward(theta, k_min, k_max, phi)
+        log_z = log_partition(log_q, shift, k_min, phi, offset)
+        p = size_probs(log_q, shift, k_min, phi, offset)
     return (log_z.reshape(batch_shape), m.reshape(logits.shape),
             p.reshape(*batch_shape, k_max - k_min + 1))
 

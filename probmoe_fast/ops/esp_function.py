@@ -35,7 +35,10 @@ name               shape                    meaning
 =================  =======================  ===================================================
 ``theta``          ``(T, n)``               float32 / float64 logits
 ``size_logits``    ``(T, L)`` or None       :math:`\phi`, :math:`L = k_{\max} - k_{\min} + 1`
-``log_e``          ``(T, L)``               :math:`\ell_j`
+``log_q``          ``(T, L)``               :math:`\ell_j - o_j` (differentiable)
+``offset``         ``(T, L)`` float64       :math:`o_j` (no gradient; 0 on plain rows), so that
+                                            :math:`\ell_j` = ``log_q + offset`` never passes
+                                            through float32 whole
 ``shift``          ``(T,)``                 :math:`c` (no gradient)
 ``marginals``      ``(T, n)``               :math:`m`
 ``sample``         ``(S*T, n)`` / ``(0,)``  0/1 masks, draw r from row r mod T (no gradient)
@@ -95,7 +98,7 @@ def _general_forward(theta, phi, k_min, k_max):
     return esp._replace(log_q=esp.log_q.detach()), m
 
 
-def _general_backward(theta, size_logits, k_min, k_max, grad_log_e, grad_m, needs_phi,
+def _general_backward(theta, size_logits, k_min, k_max, grad_log_q, grad_m, needs_phi,
                       create_graph):
     """``(grad_theta, grad_phi or None)`` by differentiating the general path's adjoint."""
     with torch.enable_grad():
@@ -107,10 +110,10 @@ def _general_backward(theta, size_logits, k_min, k_max, grad_log_e, grad_m, need
         if not m.requires_grad:  # k_max = 0: nothing depends on the inputs
             return torch.zeros_like(theta), None if phi is None else torch.zeros_like(phi)
         inputs = (th, phi) if needs_phi else (th,)
-        grad_log_e = torch.zeros_like(esp.log_e) if grad_log_e is None else grad_log_e
+        grad_log_q = torch.zeros_like(esp.log_q) if grad_log_q is None else grad_log_q
         grad_m = torch.zeros_like(m) if grad_m is None else grad_m
         # the cotangents go in as grad_outputs: the inner pass must not walk into their graph
-        grads = torch.autograd.grad((esp.log_e, m), inputs, (grad_log_e, grad_m),
+        grads = torch.autograd.grad((esp.log_q, m), inputs, (grad_log_q, grad_m),
                                     create_graph=create_graph, allow_unused=True,
                                     materialize_grads=True)
     return grads[0], grads[1] if needs_phi else None
@@ -154,8 +157,9 @@ def _general_tables(theta, phi, k_min, k_max):
 
 
 class ESPFunction(torch.autograd.Function):
-    r"""``(log_e, shift, marginals, sample) = ESPFunction.apply(theta, size_logits, k_min,
-    k_max, n_samples, generator)``; see the module docstring. Rows that pass the plain-table
+    r"""``(log_q, offset, shift, marginals, sample) = ESPFunction.apply(theta, size_logits,
+    k_min, k_max, n_samples, generator)``; see the module docstring (:math:`\ell_j` is
+    ``log_q + offset``, the float64 offset kept apart and without gradient). Rows that pass the plain-table
     check take :mod:`probmoe_fast.ops.fast_path`; the others (and every double backward) the
     general path."""
 
@@ -172,28 +176,30 @@ class ESPFunction(torch.autograd.Function):
         ctx.band = (k_min, k_max)
         ctx.plain = plain
         ctx.shift = esp.shift  # (T,), no gradient; kept beside the saved inputs (1/n their size)
-        ctx.mark_non_differentiable(esp.shift, sample)
-        return esp.log_e, esp.shift, m, sample
+        offset = (esp.offset if esp.offset is not None
+                  else torch.zeros(esp.log_q.shape, dtype=torch.float64, device=theta.device))
+        ctx.mark_non_differentiable(offset, esp.shift, sample)
+        return esp.log_q, offset, esp.shift, m, sample
 
     @staticmethod
-    def backward(ctx, grad_log_e, _grad_shift, grad_m, _grad_sample):
+    def backward(ctx, grad_log_q, _grad_offset, _grad_shift, grad_m, _grad_sample):
         theta, size_logits = ctx.saved_tensors
         k_min, k_max = ctx.band
         needs_phi = ctx.needs_input_grad[1]
         create_graph = torch.is_grad_enabled()
         plain = ctx.plain
         if create_graph or not bool(plain.any()):
-            grad_theta, grad_phi = _general_backward(theta, size_logits, k_min, k_max, grad_log_e,
+            grad_theta, grad_phi = _general_backward(theta, size_logits, k_min, k_max, grad_log_q,
                                                      grad_m, needs_phi, create_graph)
         else:
             with torch.no_grad():
                 grad_theta, grad_phi = fast_backward(theta, size_logits, k_min, k_max, ctx.shift,
-                                                     grad_log_e, grad_m)
+                                                     grad_log_q, grad_m)
                 if not bool(plain.all()):
                     rows = _rows(~plain)
                     pick = (lambda t: None if t is None else t[rows])
                     part_theta, part_phi = _general_backward(
-                        theta[rows], pick(size_logits), k_min, k_max, pick(grad_log_e),
+                        theta[rows], pick(size_logits), k_min, k_max, pick(grad_log_q),
                         pick(grad_m), needs_phi, False)
                     grad_theta = _merge(grad_theta, rows, part_theta)
                     if needs_phi:

@@ -41,7 +41,7 @@ def pairwise_marginals(theta, k_min, k_max, size_logits, marginals):
     conditioned = theta.unsqueeze(-2).expand(n_rows, n, n).masked_fill(eye, float("-inf"))
     phi = None if size_logits is None else size_logits.repeat_interleave(n, dim=0)
     # k_min >= 1 here (k_min = 0 only for Exact-k k = 0, handled above)
-    _, _, rest, _ = esp_forward(conditioned.reshape(n_rows * n, n), k_min - 1, k_max - 1, phi)
+    _, _, _, rest, _ = esp_forward(conditioned.reshape(n_rows * n, n), k_min - 1, k_max - 1, phi)
     pair = marginals.unsqueeze(-1) * rest.reshape(n_rows, n, n)
     pair = torch.where(eye, marginals.unsqueeze(-1).expand(n_rows, n, n), pair)
     return 0.5 * (pair + pair.transpose(-1, -2))

@@ -147,9 +147,9 @@ def _setup_context(ctx, inputs, output):
 def _torch_vjp(theta, size_logits, k_min, k_max, grad_m, grad_p, grad_log_z):
     """The same product through the torch path, recorded for a further backward."""
     with torch.enable_grad():
-        log_e, shift, m, _ = esp_forward(theta, k_min, k_max, size_logits)
-        outputs = (log_partition(log_e, shift, k_min, size_logits), m,
-                   size_probs(log_e, shift, k_min, size_logits))
+        log_q, offset, shift, m, _ = esp_forward(theta, k_min, k_max, size_logits)
+        outputs = (log_partition(log_q, shift, k_min, size_logits, offset), m,
+                   size_probs(log_q, shift, k_min, size_logits, offset))
         inputs = (theta,) if size_logits is None else (theta, size_logits)
         grads = torch.autograd.grad(outputs, inputs, (grad_log_z, grad_m, grad_p),
                                     create_graph=True, allow_unused=True, materialize_grads=True)

@@ -12,6 +12,7 @@ from torch.distributions import Distribution
 
 import probmoe_fast as pf
 from verify import strategies as vs
+from verify.tolerances import marginal_tol
 
 TOL = 1e-10  # float64 against the arbitrary-precision reference (entropy sums n terms)
 
@@ -180,3 +181,19 @@ def test_sample_and_marginals_entry_point():
     z_exact, m_exact = pf.sample_and_marginals(logits[0], 3, 3, generator=g)
     assert z_exact.shape == (5, 10) and (z_exact.sum(-1) == 3).all()
     torch.testing.assert_close(m_exact.sum(-1), torch.full((5,), 3.0))
+
+
+@pytest.mark.parametrize("logits,k_min,k_max", [
+    ([0.0, 0.0, 0.0, 0.0, 375.0], 1, 4),                        # one far expert: sorted table
+    ([6420.0, 6419.5, 0.0, 3.0, 1.0, 2.0, 5.0, 6.0], 5, 6),     # two clusters 6e3 apart
+    ([0.0, 100.0, 12.5, 6.25], 3, 4),                           # spread 100 across the band
+])
+def test_float32_size_probs_keep_the_level_offsets_in_float64(logits, k_min, k_max):
+    """size_probs from the float32 sorted table: the offsets o_j (~ -1e3..-3e4) stay float64,
+    so P(|S| = j) is held to the marginals' §6 bar (it was off by 1.3e-5 when o_j was rounded
+    to float32 with the levels)."""
+    theta = np.asarray(logits)
+    got = pf.DynamicK(torch.tensor(logits), k_min, k_max).size_probs.double().numpy()
+    want = pr.DynamicK(theta, k_min, k_max).size_probs
+    np.testing.assert_allclose(got, want, atol=marginal_tol(theta[None], k_max,
+                                                             torch.float32)[0], rtol=0)
