@@ -44,7 +44,7 @@ from ._core.mode import mode_mask
 from ._core.validation import (check_band, check_enough_finite, check_exact_k, check_logits,
                                check_size_logits, n_experts)
 from .ops.backend import resolve_backend
-from .ops.batched import math_dtype, sample_and_marginals
+from .ops.batched import math_dtype, sample_slots
 
 __all__ = ["RouterOutput", "route", "topk_route", "straight_through", "resolve_band", "check_gate"]
 
@@ -90,29 +90,23 @@ def check_gate(gate: str) -> None:
         raise ValueError(f"gate must be one of {sorted(_LOG_GATES)}, got {gate!r}")
 
 
-def _gate(theta: torch.Tensor, gate: str, selected: torch.Tensor, normalize: bool
-          ) -> torch.Tensor:
-    r"""``gate(theta)`` on the ``selected`` experts (0/1 mask), zero elsewhere (only selected
-    experts fill valid slots). With ``normalize`` it is rescaled by
-    :math:`e^{-L}`, :math:`L` the largest selected log gate weight (constant): the division by
-    the sum cancels the factor, and the weights keep their ratios (and finite second
-    derivatives) where the gate weights themselves underflow."""
-    log_gate = torch.where(selected.detach() > 0, _LOG_GATES[gate](theta),
-                           torch.full_like(theta, float("-inf")))
-    if not normalize:
-        return log_gate.exp()
-    top = log_gate.detach().amax(-1, keepdim=True)
-    return (log_gate - torch.where(torch.isfinite(top), top, torch.zeros_like(top))).exp()
-
-
-def _gather_slots(mask: torch.Tensor, order: torch.Tensor, gate_weights: torch.Tensor,
-                  n_slots: int, normalize: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Slots from a 0/1 ``mask`` (value-and-gradient carrier) visited in expert ``order``."""
-    indices = order[..., :n_slots]
-    valid = mask.detach().gather(-1, indices) > 0
-    # `* valid` also cuts the straight-through gradient of the unselected experts' zero weights.
-    weights = _normalized((mask * gate_weights).gather(-1, indices) * valid, normalize)
-    return indices, weights, valid
+def _slot_weights(theta: torch.Tensor, gate: str, indices: torch.Tensor, valid: torch.Tensor,
+                  carrier: torch.Tensor, normalize: bool) -> torch.Tensor:
+    r"""``carrier * gate(theta)`` at the slots, 0 (and no gradient) on the invalid ones; with
+    ``normalize``, divided by the row sum. The gate is taken in log space and, with
+    ``normalize``, rescaled by :math:`e^{-L}`, :math:`L` the largest valid log gate weight
+    (constant): the division cancels the factor, and the weights keep their ratios (and finite
+    second derivatives) where the gate weights themselves underflow."""
+    if indices.shape[-1] == 0:  # k = 0 routes nowhere (its rows may have no finite logit)
+        return carrier
+    log_gate = torch.where(valid, _LOG_GATES[gate](theta).gather(-1, indices),
+                           torch.full(indices.shape, float("-inf"), dtype=theta.dtype,
+                                      device=theta.device))
+    if normalize:
+        top = log_gate.detach().amax(-1, keepdim=True)
+        log_gate = log_gate - torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    # `* valid` also cuts the straight-through gradient of the invalid slots' zero weights
+    return _normalized(carrier * log_gate.exp() * valid, normalize)
 
 
 def _normalized(weights: torch.Tensor, normalize: bool) -> torch.Tensor:
@@ -203,21 +197,14 @@ def route(logits: torch.Tensor, *, k: int | None = None, k_min: int | None = Non
     phi = None if size_logits is None else size_logits.to(theta.dtype)
     check_gate(gate)
     if training or sample_at_inference:
-        z, marginals = sample_and_marginals(theta, k_min, k_max, phi, generator=generator,
-                                            backend=backend)
-        carrier = straight_through(z, marginals) if training else z
+        indices, valid, marginals = sample_slots(theta, k_min, k_max, phi, generator, backend)
+        carrier = marginals.gather(-1, indices)
+        # value 1 on the drawn experts; training: gradient through their exact marginals
+        carrier = 1.0 + (carrier - carrier.detach()) if training else torch.ones_like(carrier)
     else:
-        z = carrier = mode_mask(theta, k_min, k_max, phi)
-        marginals = None
-    indices, weights, valid = _gather_slots(carrier, _selected_first(z),
-                                            _routed_gate(theta, gate, z, k_max, normalize),
-                                            k_max, normalize)
+        z = mode_mask(theta, k_min, k_max, phi)
+        indices = _selected_first(z)[..., :k_max]
+        valid = z.gather(-1, indices) > 0
+        carrier, marginals = valid.to(theta.dtype), None
+    weights = _slot_weights(theta, gate, indices, valid, carrier, normalize)
     return RouterOutput(indices, weights, valid, marginals, logits)
-
-
-def _routed_gate(theta, gate, selected, k_max, normalize):
-    # k = 0 routes nowhere; its rows may have no finite logit, whose gate (NaN) would leak
-    # into the gradient through the zero weights
-    if k_max == 0:
-        return torch.zeros_like(theta)
-    return _gate(theta, gate, selected, normalize)

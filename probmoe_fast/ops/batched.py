@@ -12,6 +12,8 @@ function                                    returns
 ``sample(...)``                             ``z (S..., ..., n)`` only (no marginals, no
                                             graph)
 ``partition_stats(...)``                    ``(log Z (...,), m (..., n), P(|S|) (..., L))``
+``sample_slots(...)``                       ``(indices (..., K), valid (..., K), m (..., n))``:
+                                            one draw per row as routing slots
 ==========================================  ============================================
 
 ``backend`` (:mod:`probmoe_fast.ops.backend`) picks the torch DP or the Triton kernels
@@ -33,7 +35,8 @@ from .._core.partition import log_partition, size_probs
 from .backend import resolve_backend
 from .esp_function import draw_samples, esp_forward, routed_forward
 
-__all__ = ["math_dtype", "esp_stats", "sample_and_marginals", "sample", "partition_stats"]
+__all__ = ["math_dtype", "esp_stats", "sample_and_marginals", "sample", "partition_stats",
+           "sample_slots"]
 
 
 def math_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -114,6 +117,25 @@ def partition_stats(logits, k_min, k_max, size_logits=None, backend="auto"):
         p = size_probs(log_q, shift, k_min, phi, offset)
     return (log_z.reshape(batch_shape), m.reshape(logits.shape),
             p.reshape(*batch_shape, k_max - k_min + 1))
+
+
+def sample_slots(logits, k_min, k_max, size_logits=None, generator=None, backend="auto"):
+    r"""One exact draw per row as ``K = k_max`` routing slots, with the marginals:
+    ``(indices (..., K) int64, valid (..., K) bool, m (..., n))``. The drawn experts fill the
+    first :math:`|S|` slots (Triton: largest logit first, straight from the kernel; torch: by
+    increasing index); the other slots hold unspecified expert ids."""
+    theta, phi, batch_shape = _flat(logits, k_min, k_max, size_logits)
+    if resolve_backend(backend, theta) == "triton":
+        from .triton_route import draw_seed, route_fwd
+        _, m, _, indices, sizes = route_fwd(theta, phi, k_min, k_max,
+                                            draw_seed(generator, theta.device), True)
+        valid = torch.arange(k_max, device=theta.device) < sizes[:, None]
+    else:
+        _, _, _, m, z = esp_forward(theta, k_min, k_max, phi, 1, generator)
+        indices = torch.sort(z, dim=-1, descending=True, stable=True).indices[:, :k_max]
+        valid = z.gather(-1, indices) > 0
+    slots = (*batch_shape, k_max)
+    return indices.reshape(slots), valid.reshape(slots), m.reshape(logits.shape)
 
 
 def _triton_sample(theta, phi, k_min, k_max, n_samples, generator):
