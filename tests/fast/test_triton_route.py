@@ -284,3 +284,19 @@ def test_many_blocks_per_program_and_padding_rows(monkeypatch):
     monkeypatch.setattr(triton_route, "_launch_shape", tiny)
     for a, b in zip(default, run()):
         torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-6)
+
+
+def test_route_compiles_as_one_graph_without_validation():
+    """``torch.compile(fullgraph=True)`` traces a whole Triton routing step (validation off,
+    the default generator: an explicit ``torch.Generator`` is a graph break in dynamo)."""
+    theta = torch.randn(6, 8, generator=torch.Generator().manual_seed(13)).to(DEVICE)
+
+    def step(x):
+        r = pf.route(x, k_min=1, k_max=3, backend="triton", validate_args=False)
+        return (r.weights * torch.arange(3, device=x.device)).sum(), r.valid.sum(-1)
+
+    x = theta.clone().requires_grad_()
+    loss, sizes = torch.compile(step, backend="aot_eager", fullgraph=True)(x)
+    loss.backward()
+    assert ((sizes >= 1) & (sizes <= 3)).all()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
