@@ -50,6 +50,11 @@ def draw_seed(generator: Optional[torch.Generator], device: torch.device) -> tor
     return seed.to(device)
 
 
+#: No software pipelining: a scratch row read at step i was written at step i - 1 behind a
+#: barrier, and a load hoisted into an earlier iteration would read it stale.
+_LAUNCH = {"num_warps": 4, "num_stages": 1}
+
+
 def _launch_shape(T: int, k_max: int, device: torch.device) -> tuple[int, int, int, int]:
     """``(KP, BLOCK_T, n_blocks, grid)``: levels padded to a power of two, tokens per program,
     blocks, and the (capped, persistent) number of programs."""
@@ -98,7 +103,7 @@ def route_fwd(theta: torch.Tensor, size_logits: Optional[torch.Tensor], k_min: i
         route_fwd_kernel[(grid,)](
             sorted_theta, perm, lam, seed, zrel, m, p, indices, sizes,
             _scratch(grid, n + 1, BLOCK_T, KP, theta), _scratch(grid, 2, BLOCK_T, KP, theta),
-            T, n, L, k_min, k_max, n_blocks, DRAW=draw, BLOCK_T=BLOCK_T, KP=KP)
+            T, n, L, k_min, k_max, n_blocks, DRAW=draw, BLOCK_T=BLOCK_T, KP=KP, **_LAUNCH)
     log_z = (C + zrel.double()).float()
     return log_z, m, p, indices, sizes
 
@@ -128,7 +133,7 @@ def route_bwd(theta: torch.Tensor, size_logits: Optional[torch.Tensor], k_min: i
             grad_log_z.contiguous(), grad_theta, grad_lam,
             _scratch(grid, n + 1, BLOCK_T, KP, theta), _scratch(grid, n + 1, BLOCK_T, KP, theta),
             _scratch(grid, 2, BLOCK_T, KP, theta), _scratch(grid, 2, BLOCK_T, KP, theta),
-            T, n, L, k_min, n_blocks, BLOCK_T=BLOCK_T, KP=KP)
+            T, n, L, k_min, n_blocks, BLOCK_T=BLOCK_T, KP=KP, **_LAUNCH)
     return grad_theta, grad_lam
 
 
