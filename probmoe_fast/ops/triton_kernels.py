@@ -168,9 +168,11 @@ def route_fwd_kernel(theta_ptr, perm_ptr, lam_ptr, seed_ptr,
         # size of the sample: inverse CDF with 1 - u in (0, 1]
         remaining = tl.zeros((BLOCK_T,), tl.int32)
         if DRAW:
-            u = 1.0 - tl.rand(seed, (rows * (n + 1)).to(tl.int32))
+            u = 1.0 - tl.rand(seed, rows * (n + 1))
             cdf = tl.cumsum(probs, axis=1)
-            total = tl.sum(probs, axis=1)
+            # the CDF's own last entry (not a separately rounded sum): u * total <= total, so
+            # the top level is never "below" and the size stays <= k_max
+            total = tl.max(tl.where(in_band, cdf, 0.0), axis=1)
             below_u = (cdf < (u * total)[:, None]) & in_band
             remaining = k_min + tl.sum(below_u.to(tl.int32), axis=1)
         size = remaining
@@ -198,7 +200,7 @@ def route_fwd_kernel(theta_ptr, perm_ptr, lam_ptr, seed_ptr,
                 den = _pick(P_cur, lev, remaining)
                 ok = den > NEG_INF
                 log_q = tl.where(ok, num - tl.where(ok, den, 0.0), NEG_INF)
-                u_i = tl.rand(seed, (rows * (n + 1) + 1 + i).to(tl.int32))
+                u_i = tl.rand(seed, rows * (n + 1) + 1 + i)
                 take = ((u_i < tl.exp(log_q)) | (remaining > i)) & (remaining > 0)
                 tl.store(idx_ptr + rows * k_max + (remaining - 1), expert.to(tl.int64),
                          mask=rmask & take)

@@ -4,19 +4,19 @@ traces them as single nodes.
 
 ``route_fwd(theta, size_logits, k_min, k_max, seed, draw) -> (log_z, m, p, indices, sizes)``
 
-=================  ========================  =============================================
-name               shape / dtype             meaning
-=================  ========================  =============================================
-``theta``          ``(T, n)`` float32        logits, :math:`-\infty` = masked
-``size_logits``    ``(T, L)`` float32 / None :math:`\phi`, :math:`L = k_{\max}-k_{\min}+1`
-``seed``           ``(1,)`` int64            Philox seed (drawn from the caller's generator)
-``log_z``          ``(T,)`` float32          :math:`\log Z`
-``m``              ``(T, n)`` float32        marginals
-``p``              ``(T, L)`` float32        :math:`P(|S| = s)`
-``indices``        ``(T, k_max)`` int64      the sample, largest logit first (``draw``;
-                                             else ``(T, 0)``); slots past ``sizes`` are 0
-``sizes``          ``(T,)`` int64            the sample's size (``draw``; else ``(0,)``)
-=================  ========================  =============================================
+=================  ==========================  =============================================
+name               shape / dtype               meaning
+=================  ==========================  =============================================
+``theta``          ``(T, n)`` float32          logits, :math:`-\infty` = masked
+``size_logits``    ``(T, L)`` float32 / None   :math:`\phi`, :math:`L = k_{\max}-k_{\min}+1`
+``seed``           ``(1,)`` int64              Philox seed (drawn from the caller's generator)
+``log_z``          ``(T,)`` float32            :math:`\log Z`
+``m``              ``(T, n)`` float32          marginals
+``p``              ``(T, L)`` float32          :math:`P(|S| = s)`
+``indices``        ``(T, k_max)`` int64        the sample, largest logit first (``draw``;
+                                               else ``(T, 0)``); slots past ``sizes`` are 0
+``sizes``          ``(T,)`` int64              the sample's size (``draw``; else ``(0,)``)
+=================  ==========================  =============================================
 
 ``log_z``, ``m`` and ``p`` are differentiable in ``theta`` and ``size_logits``: the backward
 op returns the exact vector–Jacobian product (:math:`\mathrm{Cov}(z)\,v` plus the size and
