@@ -10,6 +10,7 @@ line elsewhere), a summary per check, then every failing row (every row with ``-
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import sys
 
@@ -53,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--route", type=_load, default=None, metavar="MODULE:ATTR",
                    help="route(logits, k=|k_min=,k_max=, training=True, generator=) for the "
                         "estimator check (default probmoe_fast.route for probmoe_fast's own factories)")
+    p.add_argument("--backend", choices=("auto", "torch", "triton"), default="auto",
+                   help="probmoe_fast backend for its own factories and route (default auto: "
+                        "Triton on CUDA, torch elsewhere)")
     p.add_argument("--checks", nargs="+", choices=CHECKS, default=list(CHECKS), metavar="CHECK",
                    help=f"run only these of {', '.join(CHECKS)} (levels stay those of a full run)")
     p.add_argument("--json", metavar="PATH", help="write the full report as JSON")
@@ -122,10 +126,19 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, AssertionError) as exc:
         parser.error(f"--device {args.device} is not usable here: {exc}")
     exact_impl, dynamic_impl, route = args.impl, args.dynamic_impl, args.route or "auto"
+    backend = "n/a (third-party factory)"
     if exact_impl is None and dynamic_impl is None:
         import probmoe_fast as pf
+        from probmoe_fast.ops.backend import resolve_backend
 
-        exact_impl, dynamic_impl = pf.ExactK, pf.DynamicK
+        try:
+            backend = resolve_backend(args.backend, torch.empty(
+                0, device=args.device, dtype=DTYPES[args.dtype]))
+        except ValueError as exc:
+            parser.error(str(exc))
+
+        exact_impl, dynamic_impl = (functools.partial(cls, backend=args.backend)
+                                    for cls in (pf.ExactK, pf.DynamicK))
     common = dict(quick=args.quick, seed=args.seed, device=args.device, dtype=DTYPES[args.dtype],
                   route=route, alpha=FAMILY_ALPHA / 2, checks=tuple(args.checks))
     reports = {}
@@ -137,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     ok = all(r.ok for r in reports.values())
     for family, report in reports.items():
         s = report.settings
-        print(f"\n== {family}: {s.get('implementation', 'not checked')}  device={s.get('device')} "
+        print(f"\n== {family}: {s.get('implementation', 'not checked')}  backend={backend}  "
+              f"device={s.get('device')} "
               f"dtype={s.get('dtype')} quick={s.get('quick')} seed={s.get('seed')}  "
               f"{s.get('statistical_tests', 0)} statistical tests at alpha "
               f"{_fmt(s.get('alpha_each'))} each  ({s.get('seconds', 0)} s)")

@@ -18,6 +18,7 @@ reference's arbitrary-precision covariance at n = 256 and the samplers' 10⁴–
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -60,10 +61,15 @@ def _own_route(factory):
     """``probmoe_fast.route`` when ``factory`` is probmoe_fast's own distribution, else None."""
     import probmoe_fast as pf
 
+    if isinstance(factory, functools.partial) and factory.func in (pf.ExactK, pf.DynamicK):
+        return functools.partial(pf.route, **factory.keywords)
     return pf.route if factory in (pf.ExactK, pf.DynamicK) else None
 
 
 def _name(obj) -> str:
+    if isinstance(obj, functools.partial):
+        bound = ", ".join(f"{k}={v!r}" for k, v in obj.keywords.items())
+        return f"{_name(obj.func)}({bound})"
     return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', repr(obj))}"
 
 
