@@ -1,11 +1,13 @@
 """Review of the Triton routing kernels (issue 6): the sampler's size draw at the edge of its
-uniform, and the §6 bar at the largest sizes against the arbitrary-precision reference.
+uniform, and the §6 bar at the largest sizes against the arbitrary-precision reference
+(including evenly spaced logits, where the float32 log-space prefix sum drifts).
 
 The size draw takes ``u = 1 - tl.rand`` in ``(0, 1]`` and counts the band levels whose
 cumulative probability lies below ``u * total``. ``tl.rand`` returns values below ``3e-8``
 (so ``u`` rounds to 1) about once in ``3e7`` draws, and ``total`` (a tree sum) can exceed the
-scan's last entry by an ulp; then every level counts, the size is ``k_max + 1``, masked experts
-are forced into the sample and the extra slot lands in the next row's indices. The test pins
+scan's last entry by an ulp; then every level counted, the size was ``k_max + 1``, masked
+experts were forced into the sample and the extra slot landed in the next row's indices (fixed
+in c594519: the threshold is scaled by the scan's own last entry). The test pins
 ``u = 1`` by patching ``tl.rand`` in Triton's interpreter (the kernel looks it up at run time
 there), so it runs only under ``TRITON_INTERPRET=1``.
 """
@@ -65,15 +67,20 @@ def test_size_draw_at_u_one_stays_in_the_support(monkeypatch, n, n_finite, k_min
     assert (p.gather(1, (sizes - k_min).clamp(0, k_max - k_min)[:, None]) > 0).all()
 
 
-@pytest.mark.parametrize("n,k_min,k_max,spread,masked", [
-    (64, 8, 8, 100.0, 0),     # Exact-k at the MoE size, spread at the §6 limit (2e-6 bar)
-    (64, 1, 8, 100.0, 20),    # band 1..8 with a third of the experts masked
-    (256, 32, 32, 100.0, 0),  # the largest size §6 names (1e-5 bar)
+@pytest.mark.parametrize("n,k_min,k_max,spread,masked,linear", [
+    (64, 8, 8, 100.0, 0, False),     # Exact-k at the MoE size, spread at the §6 limit (2e-6)
+    (64, 1, 8, 100.0, 20, False),    # band 1..8 with a third of the experts masked
+    (256, 32, 32, 100.0, 0, False),  # the largest size §6 names (1e-5 bar)
+    # evenly spaced logits: the prefix level log e_k - o_k climbs to ~4 (n = 64) / ~16
+    # (n = 256) and then takes n small increments, each rounded to the accumulator's ulp; the
+    # uncompensated float32 log-space sum drifts by 2.6e-6 / 1.8e-5 (bars 2e-6 / 1e-5)
+    (64, 8, 8, 16.0, 0, True),
+    (256, 32, 32, 22.0, 0, True),
 ])
-def test_largest_sizes_match_the_mpmath_dp(n, k_min, k_max, spread, masked):
+def test_largest_sizes_match_the_mpmath_dp(n, k_min, k_max, spread, masked, linear):
     """Marginals, size probabilities and log Z against ``probmoe_ref`` at 30 digits."""
     rng = np.random.default_rng(n + k_min + masked)
-    theta = rng.normal(size=n)
+    theta = np.linspace(0.0, 1.0, n) if linear else rng.normal(size=n)
     theta = (theta - theta.min()) / (theta.max() - theta.min()) * spread - 37.0
     theta[rng.permutation(n)[:masked]] = -np.inf
     t = torch.tensor(theta, dtype=torch.float32, device=DEVICE)[None]
