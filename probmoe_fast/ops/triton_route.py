@@ -83,7 +83,7 @@ def _prepare(theta, size_logits, k_min, k_max):
 
 
 def _scratch(grid, rows, BLOCK_T, KP, like):
-    return torch.empty(grid * rows * BLOCK_T * KP, dtype=torch.float32, device=like.device)
+    return torch.empty(grid * rows * BLOCK_T * KP, dtype=torch.float64, device=like.device)
 
 
 @torch.library.custom_op("probmoe::route_fwd", mutates_args=())
@@ -94,7 +94,7 @@ def route_fwd(theta: torch.Tensor, size_logits: Optional[torch.Tensor], k_min: i
     L = k_max - k_min + 1
     sorted_theta, perm, lam, C = _prepare(theta, size_logits, k_min, k_max)
     KP, BLOCK_T, n_blocks, grid = _launch_shape(T, k_max, theta.device)
-    zrel = theta.new_empty(T)
+    zrel = theta.new_empty(T, dtype=torch.float64)
     m = theta.new_zeros(T, n)
     p = theta.new_zeros(T, L)
     indices = torch.zeros(T, k_max if draw else 0, dtype=torch.long, device=theta.device)
@@ -104,7 +104,7 @@ def route_fwd(theta: torch.Tensor, size_logits: Optional[torch.Tensor], k_min: i
             sorted_theta, perm, lam, seed, zrel, m, p, indices, sizes,
             _scratch(grid, n + 1, BLOCK_T, KP, theta), _scratch(grid, 2, BLOCK_T, KP, theta),
             T, n, L, k_min, k_max, n_blocks, DRAW=draw, BLOCK_T=BLOCK_T, KP=KP, **_LAUNCH)
-    log_z = (C + zrel.double()).float()
+    log_z = (C + zrel).float()
     return log_z, m, p, indices, sizes
 
 
