@@ -108,9 +108,9 @@ def partition_stats(logits, k_min, k_max, size_logits=None, backend="auto"):
     and ``size_logits`` (the Triton backend's backward is not itself differentiable)."""
     theta, phi, batch_shape = _flat(logits, k_min, k_max, size_logits)
     if resolve_backend(backend, theta) == "triton":
-        from .triton_route import draw_seed, route_fwd
-        log_z, m, p, _, _ = route_fwd(theta, phi, k_min, k_max,
-                                      draw_seed(None, theta.device), False)
+        from .triton_route import route_fwd
+        no_draw = torch.zeros(1, dtype=torch.long, device=theta.device)  # leaves the RNGs alone
+        log_z, m, p, _, _ = route_fwd(theta, phi, k_min, k_max, no_draw, False)
     else:
         log_q, offset, shift, m, _ = esp_forward(theta, k_min, k_max, phi)
         log_z = log_partition(log_q, shift, k_min, phi, offset)

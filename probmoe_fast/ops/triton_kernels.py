@@ -153,6 +153,7 @@ def route_fwd_kernel(theta_ptr, perm_ptr, lam_ptr, seed_ptr,
     hbuf = hbuf_ptr + pid.to(tl.int64) * 2 * BLOCK_T * KP
     seed = tl.load(seed_ptr)
     for blk in range(pid, n_blocks, n_prog):
+        tl.debug_barrier()  # the previous block's last reads of the scratch are done
         rows, rmask, lev, rho, rho_up, lam, in_band = _block_setup(
             theta_ptr, lam_ptr, blk, T, n, L, k_min, BLOCK_T, KP)
         # prefix table, rows 0..n of the scratch
@@ -232,6 +233,7 @@ def route_bwd_kernel(theta_ptr, perm_ptr, lam_ptr, gm_ptr, gp_ptr, gz_ptr,
     hbuf = hbuf_ptr + pid.to(tl.int64) * 2 * BLOCK_T * KP
     qbuf = qbuf_ptr + pid.to(tl.int64) * 2 * BLOCK_T * KP
     for blk in range(pid, n_blocks, n_prog):
+        tl.debug_barrier()  # the previous block's last reads of the scratch are done
         rows, rmask, lev, rho, rho_up, lam, in_band = _block_setup(
             theta_ptr, lam_ptr, blk, T, n, L, k_min, BLOCK_T, KP)
         P = tl.where(lev[None, :] == 0, 0.0, NEG_INF) + tl.zeros((BLOCK_T, KP), tl.float64)

@@ -300,3 +300,14 @@ def test_route_compiles_as_one_graph_without_validation():
     loss.backward()
     assert ((sizes >= 1) & (sizes <= 3)).all()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_statistics_without_a_draw_leave_the_generators_alone():
+    """``marginals``/``log_partition`` on the Triton backend draw no seed: the default
+    generator's state is the same before and after (as on the torch backend)."""
+    theta = torch.randn(4, 6, generator=torch.Generator().manual_seed(14)).to(DEVICE)
+    default = torch.cuda if DEVICE == "cuda" else torch
+    before = default.get_rng_state()
+    d = pf.DynamicK(theta, 1, 3, backend="triton")
+    d.marginals, d.log_partition, d.size_probs
+    assert torch.equal(default.get_rng_state(), before)
