@@ -8,7 +8,7 @@ value      meaning
 "torch"    the batched torch DP of :mod:`probmoe_fast._core`, CPU and CUDA, any dtype
 "triton"   the fused kernels of :mod:`probmoe_fast.ops.triton_route` (CUDA; on CPU only
            under ``TRITON_INTERPRET=1``, Triton's interpreter: slow, for tests); float32
-           math, so float64 logits are refused
+           in and out (float64 tables inside), so float64 logits are refused
 =========  ========================================================================
 
 The Triton backend covers the DP statistics (:math:`\log Z`, marginals, size probabilities,
@@ -48,7 +48,7 @@ def resolve_backend(backend: str, logits: torch.Tensor | None = None) -> str:
     if backend == "auto":
         return "triton" if usable and logits.device.type == "cuda" else "torch"
     if logits.dtype == torch.float64:
-        raise ValueError("backend='triton' computes in float32; got float64 logits "
+        raise ValueError("backend='triton' returns float32; got float64 logits "
                          "(use backend='torch' to keep float64)")
     if not triton_available():
         raise ValueError("backend='triton' needs the triton package, which is not installed")

@@ -38,8 +38,8 @@ The level shifts :math:`\tilde P_{j-1} \to j` and :math:`\tilde H_{a+1} \to a` g
 per-program scratch rows (written, barrier, read back shifted); the prefix rows are kept for
 the reverse pass, so scratch is ``(grid, n + 1, BLOCK_T, KP)`` float64 per table, with
 ``grid`` capped (persistent programs) so that it does not grow with the token count (about
-0.3 GB per table at n = 64, k = 8 on an H200; 2.2 GB at n = 256, k = 32: not L2-resident,
-a tuning point for the GPU runs).
+0.3 GB per table at n = 64, k = 8 on an H200, 1.1 GB at n = 256, k = 32, and the backward
+keeps two: not L2-resident, a tuning point for the GPU runs).
 
 Cost per token: forward :math:`2nK` logaddexps, backward :math:`4nK`; global memory: the
 logits and outputs once, plus the scratch rows.

@@ -131,7 +131,7 @@ def test_backend_switch():
     logits = torch.randn(3, 5)
     torch.testing.assert_close(pf.ExactK(logits, 2, backend="torch").marginals,
                                pf.ExactK(logits, 2, backend="auto").marginals)
-    with pytest.raises(ValueError, match="float64"):  # the Triton backend computes in float32
+    with pytest.raises(ValueError, match="float64"):  # the Triton backend returns float32
         pf.ExactK(logits.double(), 2, backend="triton")
     with pytest.raises(ValueError, match="backend"):
         pf.DynamicK(logits, 1, 2, backend="cuda")
