@@ -105,12 +105,11 @@ def sample(logits, k_min, k_max, size_logits=None, sample_shape=torch.Size(), ge
 
 def partition_stats(logits, k_min, k_max, size_logits=None, backend="auto"):
     r"""``(log Z (...,), m (..., n), size_probs (..., L))``, each differentiable in ``logits``
-    and ``size_logits`` (the Triton backend's backward is not itself differentiable)."""
+    and ``size_logits``, twice on either backend (the Triton backward's own derivative runs on
+    the torch path)."""
     theta, phi, batch_shape = _flat(logits, k_min, k_max, size_logits)
     if resolve_backend(backend, theta) == "triton":
-        from .triton_route import route_fwd
-        no_draw = torch.zeros(1, dtype=torch.long, device=theta.device)  # leaves the RNGs alone
-        log_z, m, p, _, _ = route_fwd(theta, phi, k_min, k_max, no_draw, False)
+        log_z, m, p, _, _ = _triton(theta, phi, k_min, k_max, None, draw=False)
     else:
         log_q, offset, shift, m, _ = esp_forward(theta, k_min, k_max, phi)
         log_z = log_partition(log_q, shift, k_min, phi, offset)
@@ -126,9 +125,7 @@ def sample_slots(logits, k_min, k_max, size_logits=None, generator=None, backend
     increasing index); the other slots hold unspecified expert ids."""
     theta, phi, batch_shape = _flat(logits, k_min, k_max, size_logits)
     if resolve_backend(backend, theta) == "triton":
-        from .triton_route import draw_seed, route_fwd
-        _, m, _, indices, sizes = route_fwd(theta, phi, k_min, k_max,
-                                            draw_seed(generator, theta.device), True)
+        _, m, _, indices, sizes = _triton(theta, phi, k_min, k_max, generator, draw=True)
         valid = torch.arange(k_max, device=theta.device) < sizes[:, None]
     else:
         _, _, _, m, z = esp_forward(theta, k_min, k_max, phi, 1, generator)
@@ -138,18 +135,24 @@ def sample_slots(logits, k_min, k_max, size_logits=None, generator=None, backend
     return indices.reshape(slots), valid.reshape(slots), m.reshape(logits.shape)
 
 
+def _triton(theta, phi, k_min, k_max, generator, draw):
+    """``probmoe::route_fwd`` (imported here: Triton loads only when the backend is used); a
+    draw takes its seed from ``generator``, no draw leaves every generator alone."""
+    from .triton_route import draw_seed, route_fwd
+    seed = (draw_seed(generator, theta.device) if draw
+            else torch.zeros(1, dtype=torch.long, device=theta.device))
+    return route_fwd(theta, phi, k_min, k_max, seed, draw)
+
+
 def _triton_sample(theta, phi, k_min, k_max, n_samples, generator):
     r"""``(z (n_samples * T, n), m (T, n))`` from the Triton kernels: the rows are repeated
     once per sample (one kernel launch; row ``r`` draws from row ``r mod T``)."""
-    from .triton_route import draw_seed, route_fwd
-    draws = max(n_samples, 1)
-    rep = theta.repeat(draws, 1)
-    rep_phi = None if phi is None else phi.repeat(draws, 1)
-    _, m, _, indices, sizes = route_fwd(rep, rep_phi, k_min, k_max,
-                                        draw_seed(generator, theta.device), n_samples > 0)
-    m = m[:theta.shape[0]]
     if n_samples == 0:
+        m = _triton(theta, phi, k_min, k_max, None, draw=False)[1]
         return theta.new_zeros(0, theta.shape[-1]), m
+    rep = theta.repeat(n_samples, 1)
+    rep_phi = None if phi is None else phi.repeat(n_samples, 1)
+    _, m, _, indices, sizes = _triton(rep, rep_phi, k_min, k_max, generator, draw=True)
     taken = torch.arange(k_max, device=theta.device) < sizes[:, None]
     z = theta.new_zeros(rep.shape).scatter_add_(1, indices, taken.to(theta.dtype))
-    return z, m
+    return z, m[:theta.shape[0]]
