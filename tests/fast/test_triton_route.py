@@ -311,3 +311,20 @@ def test_statistics_without_a_draw_leave_the_generators_alone():
     d = pf.DynamicK(theta, 1, 3, backend="triton")
     d.marginals, d.log_partition, d.size_probs
     assert torch.equal(default.get_rng_state(), before)
+
+
+def test_moe_layer_on_the_triton_backend_dispatches_only_the_drawn_pairs():
+    """ProbMoE with backend="triton", Dynamic-k 1..4: the experts see exactly the valid
+    (token, expert) pairs, the same generator gives the same output, every gradient is finite."""
+    layer = pf.ProbMoE(16, 8, 6, k_min=1, k_max=4, backend="triton", expert_path="loop").to(DEVICE)
+    seen = []
+    layer.experts.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[0]))
+    x = torch.randn(40, 16, generator=torch.Generator().manual_seed(15)).to(DEVICE)
+    y, aux = layer(x, generator=torch.Generator(DEVICE).manual_seed(1))
+    y_again, _ = layer(x, generator=torch.Generator(DEVICE).manual_seed(1))
+    torch.testing.assert_close(y_again, y, rtol=0, atol=0)
+    assert seen[0] == int(aux["routing"].valid.sum()) and aux["routing"].valid.sum(-1).min() >= 1
+    y.square().sum().backward()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert layer.router.gate.weight.grad.abs().sum() > 0
