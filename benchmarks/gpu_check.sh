@@ -3,14 +3,20 @@
 #   run(command="bash benchmarks/gpu_check.sh", timeout_s=600)
 # Stages, each under its own `timeout` (seconds, overridable through the environment):
 #   env      nvidia-smi, torch / CUDA / triton versions
-#   tests    pytest on the tests whose names contain "triton" or "cuda"   (TESTS_S=240)
-#   verify   python -m verify --quick --device cuda                       (VERIFY_S=90)
-#   report   benchmarks/report_gpu.py, its budget REPORT_S - 50 s         (REPORT_S=240)
-# 240 + 90 + 240 s stays under the device tool's 600 s per command. STAGES picks stages (e.g.
-# STAGES="report" for a rerun); arguments go to report_gpu.py (e.g. --backends triton).
-# Everything is logged to $OUT/gpu_check.log; verify.json, gpu_report.json and gpu_report.md go
-# to $OUT too (4 files: the tool returns at most 8). A failing stage does not stop the next; the
-# exit status is 1 if any stage failed (pytest's 5, "no tests collected", counts as failed).
+#   tests    pytest on the tests whose names contain "triton" or "cuda"   (TESTS_S=200)
+#   verify   python -m verify --quick --device cuda                       (VERIFY_S=80)
+#   report   benchmarks/report_gpu.py, its budget REPORT_S - 50 s         (REPORT_S=180)
+#   sweep    report_gpu.py --sweep: launch variants of the Triton kernels,
+#            each checked against the default launch; budget SWEEP_S - 25 s (SWEEP_S=90)
+# 200 + 80 + 180 + 90 = 550 s, plus the env stage, stays under 570 s (the device tool allows
+# 600 s per command); the sweep's 90 s came out of tests (240), verify (90) and report (240, whose
+# budget drops the last, largest routing cases). STAGES picks stages (e.g. STAGES="sweep" for a
+# rerun); arguments go to report_gpu.py in both the report and the sweep stage (e.g. --repeats 5;
+# the sweep ignores the report's grid options). Everything is logged to $OUT/gpu_check.log;
+# verify.json, gpu_report.{json,md} and gpu_sweep.{json,md} go to $OUT too (6 files: the tool
+# returns at most 8). A failing stage does not stop the next; the exit status is 1 if any stage
+# failed (pytest's 5, "no tests collected", counts as failed; the sweep fails on a MISMATCH, a
+# launch shape that changed the results).
 set -u
 set -o pipefail
 cd "$(dirname "$0")/.."
@@ -19,10 +25,11 @@ export PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET  # the kernels must run compiled on the GPU, not interpreted
 PY=${PY:-python3}
 OUT=${OUT:-/tmp/gpu_check}
-TESTS_S=${TESTS_S:-240}
-VERIFY_S=${VERIFY_S:-90}
-REPORT_S=${REPORT_S:-240}
-STAGES=${STAGES:-env tests verify report}
+TESTS_S=${TESTS_S:-200}
+VERIFY_S=${VERIFY_S:-80}
+REPORT_S=${REPORT_S:-180}
+SWEEP_S=${SWEEP_S:-90}
+STAGES=${STAGES:-env tests verify report sweep}
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
 : >"$LOG"
@@ -63,9 +70,16 @@ if wants report; then
     RC[report]=$?
 fi
 
+if wants sweep; then
+    section "report_gpu.py --sweep (timeout ${SWEEP_S} s, budget $((SWEEP_S - 25)) s)"
+    timeout "$SWEEP_S" "$PY" benchmarks/report_gpu.py --sweep --budget-s "$((SWEEP_S - 25))" \
+        --out "$OUT/gpu_sweep" "$@" 2>&1 | tee -a "$LOG"
+    RC[sweep]=$?
+fi
+
 section summary
 status=0
-for stage in env tests verify report; do
+for stage in env tests verify report sweep; do
     if [[ -n ${RC[$stage]+set} ]]; then
         echo "$stage: exit ${RC[$stage]}$([[ ${RC[$stage]} -eq 124 ]] && echo ' (timed out)')" \
             | tee -a "$LOG"

@@ -49,6 +49,9 @@ listed). The targets of issue 6 are printed next to the numbers.
 
 Run: ``python benchmarks/report_gpu.py [--backends torch triton] [--out PATH]`` (writes
 ``PATH.json`` and ``PATH.md``); ``--smoke``: CPU, ``T = 64``, a small layer, 3 reps.
+``--sweep`` runs, instead of the report, the launch sweep of the Triton kernels
+(:mod:`launch_sweep`: tile, warps and grid cap per case, each variant checked against the default
+launch; exit status 1 on a mismatch); with ``--smoke``, tiny cases and 2 variants.
 """
 
 from __future__ import annotations
@@ -89,15 +92,24 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class Budget:
     """Wall-clock budget: ``allows(what)`` is False (and ``what`` is listed) once spent."""
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds, self.start, self.skipped = seconds, time.monotonic(), []
+    def __init__(self, seconds: float, skipped: list[str] | None = None) -> None:
+        self.seconds, self.start, self.spent = seconds, time.monotonic(), False
+        self.skipped = [] if skipped is None else skipped
+
+    def left(self) -> float:
+        return self.seconds - (time.monotonic() - self.start)
+
+    def share(self, parts: int) -> "Budget":
+        """A budget of ``1/parts`` of what is left, listing its skips in this one's list."""
+        return Budget(max(0.0, self.left()) / parts, self.skipped)
 
     def allows(self, what: str) -> bool:
-        if time.monotonic() - self.start <= self.seconds:
+        if self.left() >= 0:
             return True
-        if not self.skipped:
-            print(f"budget of {self.seconds:g} s exceeded: skipping the remaining measurements",
+        if not self.spent:
+            print(f"budget of {self.seconds:.1f} s exceeded: skipping the remaining measurements",
                   flush=True)
+        self.spent = True
         self.skipped.append(what)
         return False
 
@@ -448,8 +460,10 @@ def parse_args(argv):
                         help="dtype of the routing logits (default float32)")
     parser.add_argument("--tokens", type=int, nargs="+", default=None,
                         help=f"token counts of the routing grid (default {TOKENS})")
-    parser.add_argument("--repeats", type=int, default=None, help="timed steps (default 20)")
-    parser.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 5)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed steps (default 20; --sweep: 10)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="warm-up steps (default 5; --sweep: at least 1, after the check)")
     parser.add_argument("--paper-repeats", type=int, default=3,
                         help="timed steps of the paper-style baseline (after 1 warm-up)")
     parser.add_argument("--no-layer", action="store_true", help="skip the MoE layer")
@@ -457,13 +471,19 @@ def parse_args(argv):
                         help="keep torch.distributions' data checks on")
     parser.add_argument("--budget-s", type=float, default=400.0,
                         help="skip the remaining measurements past this many seconds")
+    parser.add_argument("--sweep", action="store_true",
+                        help="instead of the report: the launch sweep of the Triton kernels")
     parser.add_argument("--out", type=Path, default=None,
                         help="also write OUT.json and OUT.md (default: stdout only)")
     args = parser.parse_args(argv)
     args.device = torch.device(args.device or ("cpu" if args.smoke else "cuda"))
     args.tokens = args.tokens or ([64] if args.smoke else TOKENS)
-    args.repeats = args.repeats or (3 if args.smoke else 20)
-    args.warmup = args.warmup or (1 if args.smoke else 5)
+    if args.sweep:
+        args.repeats = args.repeats or (2 if args.smoke else 10)
+        args.warmup = max(1, args.warmup or 1)
+    else:
+        args.repeats = args.repeats or (3 if args.smoke else 20)
+        args.warmup = args.warmup or (1 if args.smoke else 5)
     args.dtype = DTYPES[args.dtype]
     args.layer_dtype = torch.bfloat16
     return args
@@ -484,6 +504,12 @@ def main(argv=None) -> None:
     if device.type == "cuda":
         meta["l2_bytes"] = torch.cuda.get_device_properties(device).L2_cache_size
     print(meta, flush=True)
+    if args.sweep:
+        from launch_sweep import run_sweep
+        report, text, mismatch = run_sweep(args, meta, budget)
+        print(text)
+        write(args.out, text, report)
+        raise SystemExit(1 if mismatch else 0)
     target_T = TARGET_CASE[0] if TARGET_CASE[0] in args.tokens else args.tokens[0]
     cases = [(T, n, k, exact) for T in args.tokens for n, k in PAIRS for exact in (True, False)]
     first = [c for c in cases if c[:3] == (target_T, *TARGET_CASE[1:])]  # the targets first
@@ -503,13 +529,19 @@ def main(argv=None) -> None:
     print("\n".join(target_lines))
     text = markdown(meta, rows, copies, layers, target_lines, budget.skipped)
     print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".md").write_text(text)
-        report = {"meta": meta, "routing": rows, "copy": list(copies.values()),
-                  "layer": layers, "targets": target_lines, "skipped": budget.skipped}
-        args.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
-        print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.md')}")
+    write(args.out, text, {"meta": meta, "routing": rows, "copy": list(copies.values()),
+                           "layer": layers, "targets": target_lines,
+                           "skipped": budget.skipped})
+
+
+def write(out: Path | None, text: str, report: dict) -> None:
+    """``OUT.md`` and ``OUT.json`` (nothing without ``--out``)."""
+    if out is None:
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":
