@@ -21,8 +21,8 @@ Dynamic-k :math:`1..8`; :math:`n = 256`, Exact-k :math:`k = 32`.
 
 **Order.** A new :math:`(B, w)` costs two kernel compiles, more than its timed steps, and the
 budget is short; so each case first runs a coordinate descent from the library's own launch
-(the :math:`B` axis, then :math:`w` at the best :math:`B`, then :math:`c` at the best
-:math:`(B, w)`), and only then the rest of the grid, variants with compiled kernels first, then
+(the :math:`c` axis, which compiles nothing, then :math:`B`, then :math:`w` at the best
+:math:`B`, then :math:`c` again at the best :math:`(B, w)`), and only then the rest of the grid, variants with compiled kernels first, then
 by their distance from the best (:math:`\sum |\log_2|` of the axis ratios). Each of the two
 passes gives every case still to run an equal share of the budget left. Variants with the same
 effective launch :math:`(B, w, \mathrm{grid})` are measured once.
@@ -255,13 +255,14 @@ def measure(case: Case, variant: Variant | None, args, budget) -> dict | None:
 
 
 def descend(case: Case, axes, args, budget) -> None:
-    """Pass 1: the library default, then one axis at a time from the library's launch."""
+    """Pass 1: the library default, then one axis at a time from the library's launch, the
+    cap (no compiles) first and again at the end."""
     measure(case, None, args, budget)
     block_t, warps, _ = case.default_launch
     current = Variant(block_t if block_t in axes["block_t"] else axes["block_t"][0],
                       warps if warps in axes["num_warps"] else axes["num_warps"][0],
                       LIBRARY_CAP if LIBRARY_CAP in axes["cap"] else axes["cap"][0])
-    for axis in ("block_t", "num_warps", "cap"):
+    for axis in ("cap", "block_t", "num_warps", "cap"):
         for value in axes[axis]:
             variant = replace(current, **{axis: value})
             if case.allowed(variant):
