@@ -225,7 +225,8 @@ def measure(case: Case, variant: Variant | None, args, budget) -> dict | None:
         if key in case.launches:
             return case.launches[key]
     label = "library default" if variant is None else str(variant)
-    if not budget.allows(f"sweep {case.name} {label}"):
+    what = f"sweep {case.name} {label}"
+    if what in budget.skipped or not budget.allows(what):
         return None
     block_t, warps, grid = case.default_launch if variant is None else case.key(variant)
     row = {"case": case.name, "variant": label, "block_t": block_t, "num_warps": warps,
