@@ -160,10 +160,11 @@ class _SubsetDistribution(Distribution):
         size_entropy = -(p * torch.where(finite_levels, log_p, zero)).sum(-1)
         level_term = (p * torch.where(finite_levels, log_q, zero)).sum(-1)
         finite = torch.isfinite(self.logits)
-        x = torch.where(finite, self.logits - shift.unsqueeze(-1), torch.zeros_like(self.logits))
+        x = torch.where(finite, self.logits.double() - shift.double().unsqueeze(-1),
+                        torch.zeros_like(self.logits, dtype=torch.float64))
         # sum_j p_j o_j and sum_i m_i x_i are both ~ k x spread and cancel: summed in float64
         large = ((p.double() * torch.where(finite_levels, offset, zero.double())).sum(-1)
-                 - (m.double() * x.double()).sum(-1))
+                 - (m.double() * x).sum(-1))
         return size_entropy + level_term + large.to(level_term.dtype)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
@@ -172,8 +173,8 @@ class _SubsetDistribution(Distribution):
                                   self.k_max)
         log_q, level_offset, shift, _ = self._stats()
         value = value.to(self.logits.dtype)
-        selected = torch.where(value > 0, self.logits - shift.unsqueeze(-1),
-                               torch.zeros_like(self.logits)).sum(-1)
+        selected = torch.where(value > 0, self.logits.double() - shift.double().unsqueeze(-1),
+                               torch.zeros_like(self.logits, dtype=torch.float64)).sum(-1)
         count = value.sum(-1)
         # log P(S) = sum_S (theta_i - c) - logsumexp_j(phi_j - phi_|S| + (j - |S|) c + l_j): the
         # offsets (and the levels' o_j) are summed in float64, as in size_scores (phi may
@@ -186,7 +187,10 @@ class _SubsetDistribution(Distribution):
             index = (count.long() - self.k_min).clamp(0, self.k_max - self.k_min)
             phi = self.size_logits.double().expand(*count.shape, self.k_max - self.k_min + 1)
             offset = offset + phi - phi.gather(-1, index.unsqueeze(-1))
-        log_p = selected - torch.logsumexp(log_q + offset.to(log_q.dtype), dim=-1)
+        top = (log_q.detach().double() + offset).amax(-1, keepdim=True)
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        log_p = ((selected - top.squeeze(-1)).to(log_q.dtype)
+                 - torch.logsumexp(log_q + (offset - top).to(log_q.dtype), dim=-1))
         in_band = (count >= self.k_min) & (count <= self.k_max)
         return torch.where(in_band, log_p, torch.full_like(log_p, float("-inf")))
 

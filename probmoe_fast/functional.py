@@ -189,7 +189,7 @@ def route(logits: torch.Tensor, *, k: int | None = None, k_min: int | None = Non
     if size_logits is not None:
         check_size_logits(size_logits, logits.shape[:-1], k_max - k_min + 1,
                           _validation_on(validate_args))
-    resolve_backend(backend)
+    resolve_backend(backend, logits)  # also in eval mode, whose MAP never uses Triton
     if _validation_on(validate_args):
         check_logits(logits)
         check_enough_finite(logits, k_min, "k" if exact else "k_min")
