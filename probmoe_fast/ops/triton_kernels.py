@@ -115,22 +115,13 @@ def _block_setup(theta_ptr, lam_ptr, blk, T, n, L, k_min,
 
 
 @triton.jit
-def _load_row(base, i, lev, shift, BLOCK_T: tl.constexpr, KP: tl.constexpr):
-    """Scratch row ``i`` read at level ``lev + shift`` (-inf outside ``0..KP-1``)."""
+def _load_row(base, i, lev, shift, other, BLOCK_T: tl.constexpr, KP: tl.constexpr):
+    """Scratch row ``i`` read at level ``lev + shift``, ``other`` outside ``0..KP-1``
+    (-inf for a log table, 0 for a ratio table)."""
     src = lev + shift
     ok = (src >= 0) & (src < KP)
     offs = (i * BLOCK_T + tl.arange(0, BLOCK_T))[:, None] * KP + src[None, :]
-    return tl.load(base + offs, mask=tl.broadcast_to(ok[None, :], (BLOCK_T, KP)),
-                   other=NEG_INF)
-
-
-@triton.jit
-def _load_ratio(base, i, lev, shift, BLOCK_T: tl.constexpr, KP: tl.constexpr):
-    """Like :func:`_load_row` for a ratio table (0 outside the levels)."""
-    src = lev + shift
-    ok = (src >= 0) & (src < KP)
-    offs = (i * BLOCK_T + tl.arange(0, BLOCK_T))[:, None] * KP + src[None, :]
-    return tl.load(base + offs, mask=tl.broadcast_to(ok[None, :], (BLOCK_T, KP)), other=0.0)
+    return tl.load(base + offs, mask=tl.broadcast_to(ok[None, :], (BLOCK_T, KP)), other=other)
 
 
 @triton.jit
@@ -162,7 +153,7 @@ def route_fwd_kernel(theta_ptr, perm_ptr, lam_ptr, seed_ptr,
         for i in range(n):
             th = tl.load(theta_ptr + rows * n + i, mask=rmask, other=NEG_INF).to(tl.float64)
             tl.debug_barrier()
-            below = _load_row(ptab, i, lev, -1, BLOCK_T, KP)
+            below = _load_row(ptab, i, lev, -1, NEG_INF, BLOCK_T, KP)
             P = _logaddexp(P, _delta(th, rho) + below)
             _store_row(ptab, i + 1, P, BLOCK_T, KP)
         score = lam + P
@@ -192,10 +183,10 @@ def route_fwd_kernel(theta_ptr, perm_ptr, lam_ptr, seed_ptr,
             th = tl.load(theta_ptr + rows * n + i, mask=rmask, other=NEG_INF).to(tl.float64)
             expert = tl.load(perm_ptr + rows * n + i, mask=rmask, other=0)
             tl.debug_barrier()
-            above = _load_row(hbuf, r % 2, lev, 1, BLOCK_T, KP)
-            P_prev = _load_row(ptab, i, lev, 0, BLOCK_T, KP)
+            above = _load_row(hbuf, r % 2, lev, 1, NEG_INF, BLOCK_T, KP)
+            P_prev = _load_row(ptab, i, lev, 0, NEG_INF, BLOCK_T, KP)
             if DRAW:
-                P_prev_below = _load_row(ptab, i, lev, -1, BLOCK_T, KP)
+                P_prev_below = _load_row(ptab, i, lev, -1, NEG_INF, BLOCK_T, KP)
             term = _delta(th, rho_up) + above
             m = tl.sum(tl.exp(P_prev + term - zbase[:, None]), axis=1)
             tl.store(m_ptr + rows * n + expert, m, mask=rmask)
@@ -245,10 +236,10 @@ def route_bwd_kernel(theta_ptr, perm_ptr, lam_ptr, gm_ptr, gp_ptr, gz_ptr,
             expert = tl.load(perm_ptr + rows * n + i, mask=rmask, other=0)
             v = tl.load(gm_ptr + rows * n + expert, mask=rmask, other=0.0).to(tl.float64)
             tl.debug_barrier()
-            term = _delta(th, rho) + _load_row(ptab, i, lev, -1, BLOCK_T, KP)
+            term = _delta(th, rho) + _load_row(ptab, i, lev, -1, NEG_INF, BLOCK_T, KP)
             new = _logaddexp(P, term)
             keep, add = _weights(P, term, new)
-            R = keep * R + add * (_load_ratio(rtab, i, lev, -1, BLOCK_T, KP) + v[:, None])
+            R = keep * R + add * (_load_row(rtab, i, lev, -1, 0.0, BLOCK_T, KP) + v[:, None])
             P = new
             _store_row(ptab, i + 1, P, BLOCK_T, KP)
             _store_row(rtab, i + 1, R, BLOCK_T, KP)
@@ -274,10 +265,10 @@ def route_bwd_kernel(theta_ptr, perm_ptr, lam_ptr, gm_ptr, gp_ptr, gz_ptr,
             expert = tl.load(perm_ptr + rows * n + i, mask=rmask, other=0)
             v = tl.load(gm_ptr + rows * n + expert, mask=rmask, other=0.0).to(tl.float64)
             tl.debug_barrier()
-            above = _load_row(hbuf, r % 2, lev, 1, BLOCK_T, KP)
-            q_above = _load_ratio(qbuf, r % 2, lev, 1, BLOCK_T, KP)
-            P_prev = _load_row(ptab, i, lev, 0, BLOCK_T, KP)
-            R_prev = _load_ratio(rtab, i, lev, 0, BLOCK_T, KP)
+            above = _load_row(hbuf, r % 2, lev, 1, NEG_INF, BLOCK_T, KP)
+            q_above = _load_row(qbuf, r % 2, lev, 1, 0.0, BLOCK_T, KP)
+            P_prev = _load_row(ptab, i, lev, 0, NEG_INF, BLOCK_T, KP)
+            R_prev = _load_row(rtab, i, lev, 0, 0.0, BLOCK_T, KP)
             term = _delta(th, rho_up) + above
             t = tl.exp(P_prev + term - zbase[:, None])
             m = tl.sum(t, axis=1)
