@@ -53,7 +53,9 @@ class ProbMoE(nn.Module):
     :class:`ProbRouter`), ``"topk"`` (:class:`TopKRouter`, needs ``k``) or an ``nn.Module``.
     ``activation``: ``"swiglu"`` or ``"geglu"``. ``n_shared_experts`` always-on experts of width
     ``d_ff`` are added unweighted. ``expert_path``: ``"auto"``, ``"grouped"`` or ``"loop"``
-    (:class:`ExpertBank`). The remaining keywords go to :class:`ProbRouter`.
+    (:class:`ExpertBank`). The remaining keywords go to :class:`ProbRouter`. The router sees
+    the tokens flattened to ``(T, d_model)``, so a §5 error about a row of router logits names
+    the flat token index.
     """
 
     def __init__(self, d_model: int, d_ff: int, n_experts: int, k: int | None = None, *,
