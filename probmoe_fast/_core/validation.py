@@ -111,6 +111,7 @@ def check_size_logits(size_logits: torch.Tensor, batch_shape: torch.Size, n_size
 def check_mask(mask: torch.Tensor, batch_shape: torch.Size, n: int, k_min: int,
                k_max: int) -> None:
     """A 0/1 mask ``(*sample_shape, *batch_shape, n)`` whose counts lie in ``[k_min, k_max]``."""
+    check_real_tensor("mask", mask)
     event = tuple(batch_shape) + (n,)
     if mask.dim() < len(event) or tuple(mask.shape[mask.dim() - len(event):]) != event:
         raise ValueError(f"mask must have shape (*sample_shape, {', '.join(map(str, event))}), "

@@ -201,3 +201,9 @@ def test_sample_and_marginals_is_the_op_on_good_input():
     assert torch.equal(z, z_op) and torch.equal(m, m_op)
     counts = z.sum(-1)
     assert z.shape == (7, 5, 6) and ((counts >= 2) & (counts <= 4)).all()
+
+
+def test_log_prob_mask_must_be_a_real_tensor():
+    d = pf.ExactK(torch.zeros(3, 4), 2)
+    with pytest.raises(ValueError, match=r"mask must be a torch.Tensor, got numpy.ndarray"):
+        d.log_prob(np.array([[1.0, 1.0, 0.0, 0.0]] * 3))
