@@ -43,10 +43,12 @@ import torch
 from ._core.mode import mode_mask
 from ._core.validation import (check_band, check_enough_finite, check_exact_k, check_logits,
                                check_size_logits, n_experts)
+from .ops import batched
 from .ops.backend import resolve_backend
 from .ops.batched import math_dtype, sample_slots
 
-__all__ = ["RouterOutput", "route", "topk_route", "straight_through", "resolve_band", "check_gate"]
+__all__ = ["RouterOutput", "route", "topk_route", "sample_and_marginals", "straight_through",
+           "resolve_band", "check_gate"]
 
 _LOG_GATES = {"softmax": lambda t: torch.log_softmax(t, dim=-1),
               "sigmoid": torch.nn.functional.logsigmoid}
@@ -122,21 +124,68 @@ def _selected_first(mask: torch.Tensor) -> torch.Tensor:
     return torch.sort(mask.detach(), dim=-1, descending=True, stable=True).indices
 
 
-def topk_route(logits: torch.Tensor, k: int, *, normalize: bool = False) -> RouterOutput:
+def topk_route(logits: torch.Tensor, k: int, *, normalize: bool = False,
+               validate_args: bool | None = None) -> RouterOutput:
     r"""The standard softmax top-k baseline: the ``k`` largest :math:`\mathrm{softmax}(\theta)`
     (ties: lower index), weighted by their probabilities, divided by their sum if ``normalize``.
 
-    ``logits`` ``(..., n)``; all ``k`` slots valid; ``marginals`` is None.
-    Cost: :math:`O(n \log n)` per row.
+    ``logits`` ``(..., n)``; ``marginals`` is None. Bad input (NaN/+∞ logits, a row with fewer
+    than ``k`` finite logits) raises ``ValueError`` naming the batch index, as in :func:`route`
+    (``validate_args`` turns these data checks off; ``k`` is always checked). A slot whose
+    logit is :math:`-\infty` (only possible with the checks off) is invalid: a masked expert is
+    never dispatched. Cost: :math:`O(n \log n)` per row.
     """
     k = check_exact_k(k, n_experts(logits))
+    if _validation_on(validate_args):
+        check_logits(logits)
+        check_enough_finite(logits, k)
     theta = logits.to(math_dtype(logits.dtype))
     probs = torch.softmax(theta, dim=-1)
     # ranked on the logits: probabilities that underflow to equal values keep their true order
-    indices = torch.sort(theta.detach(), dim=-1, descending=True, stable=True).indices[..., :k]
-    weights = _normalized(probs.gather(-1, indices), normalize)
-    valid = torch.ones_like(indices, dtype=torch.bool)
+    top, indices = torch.sort(theta.detach(), dim=-1, descending=True, stable=True)
+    indices, valid = indices[..., :k], top[..., :k] > float("-inf")
+    weights = _normalized(probs.gather(-1, indices) * valid, normalize)
     return RouterOutput(indices, weights, valid, None, logits)
+
+
+def sample_and_marginals(logits: torch.Tensor, k_min: int, k_max: int,
+                         size_logits: torch.Tensor | None = None,
+                         sample_shape: torch.Size = torch.Size(),
+                         generator: torch.Generator | None = None, backend: str = "auto",
+                         validate_args: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Exact samples and the exact marginals from one DP table (the fast core's entry point).
+
+    :math:`P(S) \propto e^{\phi_{|S|}} \prod_{i \in S} e^{\theta_i}`,
+    :math:`k_{\min} \le |S| \le k_{\max}`; Exact-k is ``k_min == k_max == k``
+    (:math:`0 \le k \le n`), a band needs :math:`1 \le k_{\min} \le k_{\max} \le n`.
+
+    =================  =============================  =========================================
+    name               shape                          dtype / meaning
+    =================  =============================  =========================================
+    ``logits``         ``(..., n)``                   float (math in float32, float64 kept)
+    ``size_logits``    ``(..., L)`` or ``(L,)``       :math:`\phi_j`, ``L = k_max - k_min + 1``
+    ``z``              ``(*sample_shape, ..., n)``    0/1 samples, no gradient
+    ``m``              ``(..., n)``                   :math:`P(i \in S)`, exact Cov backward
+    =================  =============================  =========================================
+
+    The §5 checks of :class:`~probmoe_fast.DynamicK` run first (sizes and shapes always; the
+    data checks unless ``validate_args`` is off). Cost per row: :math:`O(n k_{\max})` time and
+    memory plus :math:`O(n)` per sample.
+    """
+    n = n_experts(logits)
+    if k_min == k_max:
+        k_min = k_max = check_exact_k(k_min, n)
+    else:
+        k_min, k_max = check_band(k_min, k_max, n)
+    if size_logits is not None:
+        check_size_logits(size_logits, logits.shape[:-1], k_max - k_min + 1,
+                          _validation_on(validate_args))
+    resolve_backend(backend)  # the name now; the op resolves it against the logits
+    if _validation_on(validate_args):
+        check_logits(logits)
+        check_enough_finite(logits, k_min, "k" if k_min == k_max else "k_min")
+    return batched.sample_and_marginals(logits, k_min, k_max, size_logits, sample_shape,
+                                        generator, backend)
 
 
 def resolve_band(n: int, k: int | None, k_min: int | None, k_max: int | None) -> tuple[int, int]:

@@ -73,6 +73,12 @@ def _name(obj) -> str:
     return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', repr(obj))}"
 
 
+def _outcome(rows: list[Row]) -> str:
+    """One word for a task's rows: "fail" if any failed, "n/a" if none applied, else "pass"."""
+    statuses = {r.status for r in rows}
+    return "fail" if "fail" in statuses else "pass" if "pass" in statuses else "n/a"
+
+
 def _check(band: bool, factory, *, quick, seed, device, dtype, route, alpha, checks,
            progress) -> Report:
     if route == "auto":
@@ -94,8 +100,10 @@ def _check(band: bool, factory, *, quick, seed, device, dtype, route, alpha, che
     })
     start = time.perf_counter()
     for i, task in enumerate(tasks):
+        label = f"{task.check} [{task.case.name}]"
         if progress is not None:
-            progress(i, len(tasks), f"{task.check} [{task.case.name}]")
+            progress(i, len(tasks), label)
+        first = len(report.rows)
         try:
             report.rows.extend(task.run(ctx, task.case))
         except NotApplicable as why:
@@ -103,8 +111,8 @@ def _check(band: bool, factory, *, quick, seed, device, dtype, route, alpha, che
         except Exception as exc:        # the implementation under test failed: report, go on
             report.rows.append(Row(task.check, task.case.name, "fail",
                                    error=f"{type(exc).__name__}: {exc}"))
-    if progress is not None:
-        progress(len(tasks), len(tasks), "done")
+        if progress is not None:
+            progress(i + 1, len(tasks), f"{label} ... {_outcome(report.rows[first:])}")
     report.settings["seconds"] = round(time.perf_counter() - start, 2)
     return report
 
@@ -132,6 +140,9 @@ def check_exact_k(factory, *, quick: bool = False, seed: int = 0, device="cpu",
                   Bonferroni split stays that of the whole plan (same levels as a
                   complete run)
     progress      called as ``progress(done, total, label)`` before each task
+                  (``done`` tasks finished, ``label`` names the next) and after it
+                  (``done`` counts it, ``label`` ends in " ... " and its outcome:
+                  pass, fail or n/a)
     ============  ===================================================================
 
     Returns a :class:`verify.Report`; ``report.ok`` is False iff some row failed.

@@ -10,8 +10,8 @@ import numbers
 
 import torch
 
-__all__ = ["n_experts", "check_logits", "check_exact_k", "check_band", "check_enough_finite",
-           "check_size_logits", "check_mask"]
+__all__ = ["check_real_tensor", "n_experts", "check_logits", "check_exact_k", "check_band",
+           "check_enough_finite", "check_size_logits", "check_mask"]
 
 
 def _first_index(bad: torch.Tensor) -> tuple[int, ...]:
@@ -24,8 +24,21 @@ def _first_index(bad: torch.Tensor) -> tuple[int, ...]:
     return tuple(reversed(index))
 
 
+def check_real_tensor(name: str, value) -> None:
+    """``value`` is a ``torch.Tensor`` with a real (not complex) dtype. A numpy array or a list is
+    refused, not converted: its dtype and device would be guesses (a ``ValueError`` as in §5,
+    like every other bad argument here)."""
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__module__}."
+                         f"{type(value).__qualname__} (convert it with torch.as_tensor)")
+    if value.is_complex():
+        raise ValueError(f"{name} must be real, got dtype {value.dtype}")
+
+
 def n_experts(logits: torch.Tensor) -> int:
-    """``n``, the size of the last axis; logits must have shape ``(..., n)`` with ``n >= 1``."""
+    """``n``, the size of the last axis; logits must be a real tensor of shape ``(..., n)`` with
+    ``n >= 1``."""
+    check_real_tensor("logits", logits)
     if logits.dim() < 1 or logits.shape[-1] < 1:
         raise ValueError(f"logits must have shape (..., n) with n >= 1, got {tuple(logits.shape)}")
     return logits.shape[-1]
@@ -74,16 +87,19 @@ def check_enough_finite(logits: torch.Tensor, k: int, name: str = "k") -> None:
 
 def check_size_logits(size_logits: torch.Tensor, batch_shape: torch.Size, n_sizes: int,
                       values: bool = True) -> None:
-    """``size_logits`` broadcasts to ``batch_shape + (n_sizes,)`` and (if ``values``: a data
-    check, one host sync) is finite."""
+    """``size_logits``, a real tensor, broadcasts to ``batch_shape + (n_sizes,)`` (no extra
+    leading dimensions) and (if ``values``: a data check, one host sync) is finite."""
+    check_real_tensor("size_logits", size_logits)
     if size_logits.dim() < 1 or size_logits.shape[-1] != n_sizes:
         raise ValueError(f"size_logits must have last dimension k_max - k_min + 1 = {n_sizes}, "
                          f"got shape {tuple(size_logits.shape)}")
     try:
-        torch.broadcast_shapes(size_logits.shape[:-1], batch_shape)
+        joint = torch.broadcast_shapes(size_logits.shape[:-1], batch_shape)
     except RuntimeError:
+        joint = None
+    if joint != tuple(batch_shape):  # incompatible, or more leading dimensions than the batch
         raise ValueError(f"size_logits batch shape {tuple(size_logits.shape[:-1])} does not "
-                         f"broadcast to the logits' batch shape {tuple(batch_shape)}") from None
+                         f"broadcast to the logits' batch shape {tuple(batch_shape)}")
     if not values:
         return
     # finite, as in probmoe_ref: a -inf phi_j (size j impossible) is outside the model (§1)
@@ -95,6 +111,7 @@ def check_size_logits(size_logits: torch.Tensor, batch_shape: torch.Size, n_size
 def check_mask(mask: torch.Tensor, batch_shape: torch.Size, n: int, k_min: int,
                k_max: int) -> None:
     """A 0/1 mask ``(*sample_shape, *batch_shape, n)`` whose counts lie in ``[k_min, k_max]``."""
+    check_real_tensor("mask", mask)
     event = tuple(batch_shape) + (n,)
     if mask.dim() < len(event) or tuple(mask.shape[mask.dim() - len(event):]) != event:
         raise ValueError(f"mask must have shape (*sample_shape, {', '.join(map(str, event))}), "

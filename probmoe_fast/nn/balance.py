@@ -59,13 +59,16 @@ def expected_load_loss(marginals: torch.Tensor) -> torch.Tensor:
     r""":math:`E \sum_i \bar m_i^2 / (\sum_j \bar m_j)^2`; ``marginals`` ``(T, E)`` float.
 
     Minimal (= 1) exactly when every expert's expected load is equal. Returns a scalar in the
-    marginals' dtype; 0 for an empty batch.
+    marginals' dtype; 0 for an empty batch and when nothing is routed (k = 0: all marginals 0),
+    as :func:`switch_load_balance_loss` — with a zero (not NaN) gradient there.
     """
     n_experts = marginals.shape[-1]
     if marginals.shape[0] == 0:
         return marginals.sum()
     mean = marginals.mean(0)
-    return n_experts * (mean / mean.sum()).square().sum()
+    total = mean.sum()
+    # no expected load (k = 0): divide by 1, not 0/0; the zero loads give 0 and a zero gradient
+    return n_experts * (mean / torch.where(total > 0, total, torch.ones_like(total))).square().sum()
 
 
 def router_z_loss(logits: torch.Tensor) -> torch.Tensor:

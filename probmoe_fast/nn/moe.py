@@ -40,7 +40,8 @@ from torch import nn
 from .balance import expected_load_loss, load_metrics, router_z_loss, switch_load_balance_loss
 from .dispatch import dispatch_combine
 from .experts import ExpertBank, SharedMLP
-from .routers import ProbRouter, TopKRouter
+from ..ops.backend import resolve_backend
+from .routers import ProbRouter, TopKRouter, check_input
 
 __all__ = ["ProbMoE"]
 
@@ -52,7 +53,9 @@ class ProbMoE(nn.Module):
     :class:`ProbRouter`), ``"topk"`` (:class:`TopKRouter`, needs ``k``) or an ``nn.Module``.
     ``activation``: ``"swiglu"`` or ``"geglu"``. ``n_shared_experts`` always-on experts of width
     ``d_ff`` are added unweighted. ``expert_path``: ``"auto"``, ``"grouped"`` or ``"loop"``
-    (:class:`ExpertBank`). The remaining keywords go to :class:`ProbRouter`.
+    (:class:`ExpertBank`). The remaining keywords go to :class:`ProbRouter`. The router sees
+    the tokens flattened to ``(T, d_model)``, so a §5 error about a row of router logits names
+    the flat token index.
     """
 
     def __init__(self, d_model: int, d_ff: int, n_experts: int, k: int | None = None, *,
@@ -65,6 +68,7 @@ class ProbMoE(nn.Module):
         factory = {"device": device, "dtype": dtype}
         if n_shared_experts < 0:
             raise ValueError(f"n_shared_experts must be >= 0, got {n_shared_experts}")
+        resolve_backend(backend)  # the name, whichever router is used
         if isinstance(router, nn.Module):
             self.router = router
         elif router == "prob":
@@ -97,9 +101,7 @@ class ProbMoE(nn.Module):
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None
                 ) -> tuple[torch.Tensor, dict]:
-        if x.shape[-1] != self.d_model:
-            raise ValueError(f"x must have last dimension d_model = {self.d_model}, "
-                             f"got shape {tuple(x.shape)}")
+        check_input(x, self.d_model)
         tokens = x.reshape(-1, self.d_model)
         routing = self.router(tokens, generator=generator)
         y, counts = dispatch_combine(tokens, routing.indices, routing.weights, routing.valid,

@@ -27,14 +27,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._core.validation import check_exact_k
 from ..functional import RouterOutput, check_gate, resolve_band, route, topk_route
+from ..ops.backend import resolve_backend
 
-__all__ = ["ProbRouter", "TopKRouter"]
+__all__ = ["ProbRouter", "TopKRouter", "check_input"]
 
 
 def _check_sizes(d_model: int, n_experts: int) -> None:
     if d_model < 1 or n_experts < 1:
         raise ValueError(f"d_model and n_experts must be >= 1, got {d_model}, {n_experts}")
+
+
+def check_input(x, d_model: int) -> None:
+    """The §5 ``ValueError`` unless ``x`` is a tensor of shape ``(..., d_model)``."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"x must be a torch.Tensor of shape (..., d_model), got "
+                         f"{type(x).__module__}.{type(x).__qualname__}")
+    if x.dim() < 1 or x.shape[-1] != d_model:
+        raise ValueError(f"x must have shape (..., d_model) with d_model = {d_model}, "
+                         f"got shape {tuple(x.shape)}")
 
 
 class TopKRouter(nn.Module):
@@ -47,8 +59,7 @@ class TopKRouter(nn.Module):
                  device=None, dtype=None) -> None:
         super().__init__()
         _check_sizes(d_model, n_experts)
-        if not 0 <= k <= n_experts:
-            raise ValueError(f"k must satisfy 0 <= k <= n_experts = {n_experts}, got k={k}")
+        k = check_exact_k(k, n_experts)
         self.d_model, self.n_experts, self.k, self.normalize = d_model, n_experts, k, normalize
         self.gate = nn.Linear(d_model, n_experts, bias=False, device=device, dtype=dtype)
 
@@ -66,6 +77,7 @@ class TopKRouter(nn.Module):
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> RouterOutput:
         del generator  # deterministic; accepted so that every router has one signature
+        check_input(x, self.d_model)
         return topk_route(self.gate(x), self.k, normalize=self.normalize)
 
 
@@ -88,6 +100,7 @@ class ProbRouter(nn.Module):
         _check_sizes(d_model, n_experts)
         resolve_band(n_experts, k, k_min, k_max)
         check_gate(gate)
+        resolve_backend(backend)  # the name now, not at the first forward
         if learn_size_logits and k is not None:
             raise ValueError("learn_size_logits needs Dynamic-k (k_min, k_max), not k")
         self.d_model, self.n_experts = d_model, n_experts
@@ -118,6 +131,7 @@ class ProbRouter(nn.Module):
                 f"sample_at_inference={self.sample_at_inference}, backend={self.backend!r}")
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> RouterOutput:
+        check_input(x, self.d_model)
         return route(self.gate(x), k=self.k, k_min=self.k_min, k_max=self.k_max,
                      size_logits=self.size_logits, training=self.training,
                      sample_at_inference=self.sample_at_inference, generator=generator,
