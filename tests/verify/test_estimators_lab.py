@@ -100,7 +100,7 @@ def test_rloo_u_statistic_covariance_matches_enumeration_over_tuples(samples):
     np.testing.assert_allclose(cov, brute_cov, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("case", [0, 3, 4])         # affine Exact-2; gated sum Exact-2; gated sum band [1, 3]
+@pytest.mark.parametrize("case", [0, 3, 4])   # affine Exact-2; gated sum Exact-2 and band [1, 3]
 def test_planted_bias_is_reported(case):
     inst = suite.hand_made()[case]
     dist, objective = inst.dist, inst.objective
