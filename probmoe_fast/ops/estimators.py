@@ -23,7 +23,7 @@ name                          gate value / gradient
                               the leave-one-out baseline :cite:p:`kool2019buy`)
 ``"gumbel_st"``               value :math:`\mathrm{topk}_k(\theta + \epsilon)`, gradient of the
                               relaxed top-k :math:`a(\theta + \epsilon; \tau)`
-                              :cite:p:`xie2019reparameterizable,jang2017categorical`
+                              :cite:p:`xie2019reparameterizable,plotz2018neural`
 ``"gumbel_soft"``             :math:`a(\theta + \epsilon; \tau)` itself (dense: every expert has a
                               weight, so it does not fit sparse routing; lab only)
 ``"imle"``                    value :math:`\hat z = \mathrm{topk}_k(\theta + \epsilon)`,
