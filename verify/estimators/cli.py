@@ -25,7 +25,7 @@ from . import catalog, lab, suite
 
 __all__ = ["main", "summary_rows", "format_table"]
 
-HEADER = ["estimator", "method", "rel bias", "cosine", "trCov/|g|^2", "MSE_1", "MSE_S"]
+HEADER = ["estimator", "method", "rel bias", "cosine", "tr Cov / norm^2", "MSE_1", "MSE_S"]
 SUMMARY_HEADER = ["objective", "estimator", "cases", "median rel bias", "median cosine",
                   "median MSE_1", "median MSE_S"]
 
@@ -223,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.summary_only:
         for label, rows in results.items():
             _print_table(label, HEADER, [_row(r) for r in rows])
-    _print_table(f"summary: medians over instances (MSE relative to |grad|^2, S = "
+    _print_table(f"summary: medians over instances (MSE relative to the squared norm of the "
+                 f"true gradient, S = "
                  f"{lab_s(results)}; Monte-Carlo rows at N = {mc}, "
                  f"{int(100 * (1 - lab.ALPHA))}% intervals)", SUMMARY_HEADER, summary_rows(results))
     if args.json:

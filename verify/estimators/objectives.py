@@ -5,18 +5,18 @@ Each :class:`Objective` is vectorised over rows: ``value(Z, theta)`` ``(M,)``,
 *direct* :math:`\partial f / \partial \theta` at fixed :math:`z` ``(M, n)`` (0 unless the
 objective holds the softmax gate weights itself). ``Z`` is float64 ``(M, n)``, 0/1 or relaxed.
 
-=====================  ==========================================================================
-constructor            :math:`f(z, \theta)`
-=====================  ==========================================================================
-:func:`linear`         :math:`a \cdot z` (marginal straight-through is exact here)
-:func:`quadratic`      :math:`\tfrac12 z^\top H z + b \cdot z`, :math:`H` symmetric
-:func:`moe_regression` :math:`\tfrac12 \lVert \sum_i z_i\, g_i(\theta)\, C_{:,i} - y \rVert^2`,
-                       :math:`g = \mathrm{softmax}(\theta)`, fixed expert outputs :math:`C`
-:func:`two_layer`      :math:`\tfrac12 \lVert B \tanh(A z + c) - y \rVert^2`
-:func:`square_first`   :math:`z_1^2`;  :func:`gated_sum`: :math:`\tfrac12\lVert Cz - y\rVert^2`;
-                       :func:`exponential`: :math:`e^{a \cdot z}` (the hand-made cases of
-                       ``docs/scripts/straight_through_bias.py``)
-=====================  ==========================================================================
+======================  =========================================================================
+constructor             :math:`f(z, \theta)`
+======================  =========================================================================
+:func:`linear`          :math:`a \cdot z` (marginal straight-through is exact here)
+:func:`quadratic`       :math:`\tfrac12 z^\top H z + b \cdot z`, :math:`H` symmetric
+:func:`moe_regression`  :math:`\tfrac12 \lVert \sum_i z_i\, g_i(\theta)\, C_{:,i} - y \rVert^2`,
+                        :math:`g = \mathrm{softmax}(\theta)`, fixed expert outputs :math:`C`
+:func:`two_layer`       :math:`\tfrac12 \lVert B \tanh(A z + c) - y \rVert^2`
+:func:`square_first`    :math:`z_1^2`; :func:`gated_sum`: :math:`\tfrac12\lVert Cz - y\rVert^2`;
+                        :func:`exponential`: :math:`e^{a \cdot z}` (the hand-made cases of
+                        ``docs/scripts/straight_through_bias.py``)
+======================  =========================================================================
 
 :func:`random_objectives` draws one of each of the first four from a seed. Cost: :math:`O(M n d)`
 per call (``d`` the output width).
