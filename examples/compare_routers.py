@@ -18,12 +18,17 @@ experts per token. A PNG of the validation curves is written if matplotlib is in
 
 What it shows is printed at the end from the numbers themselves: the lowest loss among the
 routers at no more than the baseline's compute, and whether each gap exceeds twice the
-seed-to-seed spread. RECORDED_RUN
-The probabilistic routers train on sampled routes and are evaluated on the MAP route; nothing
-here should be read as evidence about large models.
+seed-to-seed spread. A recorded run of the defaults (5 seeds × 400 steps, CPU, torch 2.13):
+top-k (k=2) 2.018 ± 0.011, Exact-k (k=2) 2.068 ± 0.012, Dynamic-k (1..2) 2.066 ± 0.019 nats
+(topic-known floor 1.486, topic-blind bigram 2.547) at 2.00, 2.00 and 1.99 mean active experts:
+at equal or lower compute **top-k has the lowest validation loss here**, both probabilistic
+routers about 0.05 nats behind (more than twice the seed spread), and top-k also spread load most
+evenly and used the most distinct expert sets. The probabilistic routers train on sampled routes
+and are evaluated on the MAP route; nothing here should be read as evidence about large models.
 
-Run: ``python examples/compare_routers.py`` (about 1.5–3 minutes on 2 shared CPU cores, one torch
-thread; ``--steps``/``--seeds`` change the budget, ``--k``/``--k-min`` the setting).
+Run: ``python examples/compare_routers.py`` (one torch thread; the recorded run took 17 minutes on
+2 CPU cores shared with other jobs); ``--steps``/``--seeds`` change the budget, ``--k``/``--k-min``
+the setting.
 """
 
 from __future__ import annotations

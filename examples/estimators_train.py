@@ -21,8 +21,17 @@ seeds, then what the numbers show (which estimator is lowest and whether each ga
 the seed-to-seed spread). A toy: 400 steps of a 32-token vocabulary; it ranks estimators on this
 task only, and says nothing about large models or longer training.
 
-Run: ``python examples/estimators_train.py`` (3 seeds x 400 steps; about 3 minutes on 2 shared
-CPU cores); ``--steps``/``--seeds`` change the budget.
+A recorded run of the defaults (3 seeds × 400 steps, CPU, torch 2.13), validation loss in nats
+(topic-known floor 1.486, topic-blind bigram 2.547): rloo S=2 2.018 ± 0.012, topk 2.023 ± 0.013,
+gumbel_st 2.059 ± 0.035, marginal_st 2.060 ± 0.032, mixed_marginal 2.064 ± 0.021, imle_exact
+2.074 ± 0.026, imle 2.121 ± 0.028, all at 2 active experts at inference. RLOO (at twice the
+training compute) and top-k are lowest and within each other's spread; marginal_st, gumbel_st and
+mixed_marginal are about 0.04 nats behind, within twice the seed spread of the best for the first
+two; perturb-and-MAP I-MLE is clearly last. RLOO also has the least even load (load CV 0.34
+against 0.17–0.25). Three seeds resolve only gaps of a few hundredths of a nat.
+
+Run: ``python examples/estimators_train.py`` (3 seeds x 400 steps; the recorded run took 21
+minutes on 2 CPU cores shared with other jobs); ``--steps``/``--seeds`` change the budget.
 """
 
 from __future__ import annotations
