@@ -1,29 +1,34 @@
-r"""Train small MoE language models with three routers and compare them.
+r"""Train small MoE language models with three routers and compare them at equal compute.
 
-Routers: the softmax **top-k** baseline (k = 2), **Exact-k** (k = 2) and **Dynamic-k**
-(k ∈ [1, 3]) from ProbMoE; same model, data, optimizer, aux loss and seeds. Data: the locally
-generated topic-Markov language of :mod:`synthetic_topics` (no downloads). Model: token embedding
-plus a causal running mean of the context embeddings, one MoE block (8 SwiGLU experts), a linear
-output head. Loss: next-token cross-entropy + 0.01 × the Switch load-balance loss (the same
-for all three routers). Validation uses each router's inference rule (top-k / MAP).
+Routers, at the paper's setting: the softmax **top-k** baseline at k (default 2), **Exact-k** at
+the same k, and **Dynamic-k** with sizes in the band [k_min, k] (default [1, 2]) from ProbMoE;
+same model, data, optimizer, aux loss and seeds. Every router runs at most k experts per token, so
+Dynamic-k's mean active experts is at most the baseline's: the loss comparison is at equal
+(Exact-k) or lower (Dynamic-k) expert compute, and the script checks this from the measured mean
+active experts before it compares losses. Data: the locally generated topic-Markov language of
+:mod:`synthetic_topics` (no downloads). Model: token embedding plus a causal running mean of the
+context embeddings, one MoE block (8 SwiGLU experts), a linear output head. Loss: next-token
+cross-entropy + 0.01 × the Switch load-balance loss (the same for all three routers). Validation
+uses each router's inference rule (top-k / MAP).
 
 Printed table (validation, mean ± std over seeds): loss (nats/token), normalized load entropy,
 load CV, MaxVio, routing diversity (exp of the entropy of the distribution of routed expert
 *sets* over validation tokens: the effective number of distinct sets used) and mean active
 experts per token. A PNG of the validation curves is written if matplotlib is installed.
 
-What it shows is printed at the end from the numbers themselves (which router has the lowest
-loss, whether the gaps exceed the seed-to-seed spread). A recorded run of the defaults (5 seeds,
-CPU, torch 2.13): top-k 2.018 ± 0.011, Exact-k 2.066 ± 0.014, Dynamic-k 2.042 ± 0.016 nats
-(topic-known floor 1.486, topic-blind bigram 2.547), so all three learn the topic and **top-k has
-the lowest validation loss here**, Exact-k's gap exceeding twice the seed spread; Dynamic-k
-spreads load most evenly and uses about twice as many distinct expert sets, but also runs ~2.9
-experts per token against 2. The probabilistic routers train on sampled routes and are
-evaluated on the MAP route; this toy does not show a quality advantage for them, and nothing here
-should be read as evidence about large models.
+What it shows is printed at the end from the numbers themselves: the lowest loss among the
+routers at no more than the baseline's compute, and whether each gap exceeds twice the
+seed-to-seed spread. A recorded run of the defaults (5 seeds × 400 steps, CPU, torch 2.13):
+top-k (k=2) 2.018 ± 0.011, Exact-k (k=2) 2.068 ± 0.012, Dynamic-k (1..2) 2.066 ± 0.019 nats
+(topic-known floor 1.486, topic-blind bigram 2.547) at 2.00, 2.00 and 1.99 mean active experts:
+at equal or lower compute **top-k has the lowest validation loss here**, both probabilistic
+routers about 0.05 nats behind (more than twice the seed spread), and top-k also spread load most
+evenly and used the most distinct expert sets. The probabilistic routers train on sampled routes
+and are evaluated on the MAP route; nothing here should be read as evidence about large models.
 
-Run: ``python examples/compare_routers.py`` (60–90 s on 2 shared CPU cores, one torch thread;
-``--steps``/``--seeds`` to change the budget).
+Run: ``python examples/compare_routers.py`` (one torch thread; the recorded run took 17 minutes on
+2 CPU cores shared with other jobs); ``--steps``/``--seeds`` change the budget, ``--k``/``--k-min``
+the setting.
 """
 
 from __future__ import annotations
@@ -39,11 +44,13 @@ from torch import nn
 import probmoe_fast as pf
 from synthetic_topics import TopicMarkovLanguage
 
-ROUTERS = {
-    "top-k (k=2)": dict(k=2, router="topk"),
-    "Exact-k (k=2)": dict(k=2),
-    "Dynamic-k (1..3)": dict(k_min=1, k_max=3),
-}
+
+
+def routers(k: int, k_min: int) -> dict[str, dict]:
+    """The three routers at the paper's setting: top-k and Exact-k at k, Dynamic-k in [k_min, k]."""
+    return {f"top-k (k={k})": dict(k=k, router="topk"),
+            f"Exact-k (k={k})": dict(k=k),
+            f"Dynamic-k ({k_min}..{k})": dict(k_min=k_min, k_max=k)}
 
 
 class TinyMoELM(nn.Module):
@@ -91,10 +98,10 @@ def evaluate(model: TinyMoELM, val: torch.Tensor) -> dict[str, float]:
             "active": aux["active_experts"].item()}
 
 
-def train_one(name: str, seed: int, args, language: TopicMarkovLanguage, val: torch.Tensor,
-              progress) -> tuple[dict[str, float], list[float]]:
+def train_one(name: str, config: dict, seed: int, args, language: TopicMarkovLanguage,
+              val: torch.Tensor, progress) -> tuple[dict[str, float], list[float]]:
     torch.manual_seed(seed)  # parameter initialization (nn.init draws from the global generator)
-    model = TinyMoELM(language.vocab, args.d_model, args.d_ff, args.experts, **ROUTERS[name])
+    model = TinyMoELM(language.vocab, args.d_model, args.d_ff, args.experts, **config)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.01)
     data_gen = torch.Generator().manual_seed(1000 + seed)
     route_gen = torch.Generator().manual_seed(2000 + seed)
@@ -161,10 +168,20 @@ def plot(curves, args) -> None:
     print(f"wrote {args.png}")
 
 
-def conclusions(results) -> list[str]:
-    loss = {n: mean_std([r["loss"] for r in rs]) for n, rs in results.items()}
+def conclusions(results, k: int) -> list[str]:
+    active = {n: mean_std([r["active"] for r in rs])[0] for n, rs in results.items()}
+    lines = ["compute (mean active experts): "
+             + ", ".join(f"{n} {a:.2f}" for n, a in active.items())]
+    # compare losses only at equal or lower expert compute than the top-k baseline
+    fair = {n: rs for n, rs in results.items() if active[n] <= k + 1e-9}
+    over = sorted(set(results) - set(fair))
+    if over:
+        lines.append(f"  above the baseline's {k} experts/token, left out of the loss comparison: "
+                     + ", ".join(over))
+    loss = {n: mean_std([r["loss"] for r in rs]) for n, rs in fair.items()}
     best = min(loss, key=lambda n: loss[n][0])
-    lines = [f"lowest validation loss: {best} ({loss[best][0]:.4f})"]
+    lines.append(f"lowest validation loss at <= {k} active experts/token: {best} "
+                 f"({loss[best][0]:.4f})")
     n_seeds = len(next(iter(results.values())))
     for name, (m, s) in loss.items():
         if name == best:
@@ -180,12 +197,6 @@ def conclusions(results) -> list[str]:
     lines.append("most balanced load (entropy): " + max(ent, key=ent.get))
     div = {n: mean_std([r["diversity"] for r in rs])[0] for n, rs in results.items()}
     lines.append("most diverse routing (distinct expert sets): " + max(div, key=div.get))
-    active = {n: mean_std([r["active"] for r in rs])[0] for n, rs in results.items()}
-    lines.append("compute (mean active experts): "
-                 + ", ".join(f"{n} {a:.2f}" for n, a in active.items()))
-    if max(active.values()) - min(active.values()) > 0.05:
-        lines.append("  the routers do not run at equal expert FLOPs: compare losses with that "
-                     "in mind")
     return lines
 
 
@@ -198,6 +209,8 @@ def main() -> None:
     parser.add_argument("--d-model", dest="d_model", type=int, default=64)
     parser.add_argument("--d-ff", dest="d_ff", type=int, default=64)
     parser.add_argument("--experts", type=int, default=8)
+    parser.add_argument("--k", type=int, default=2, help="top-k and Exact-k size, Dynamic-k's k_max")
+    parser.add_argument("--k-min", dest="k_min", type=int, default=1, help="Dynamic-k's k_min")
     parser.add_argument("--eval-every", dest="eval_every", type=int, default=50)
     parser.add_argument("--png", default="compare_routers.png")
     parser.add_argument("--threads", type=int, default=1,
@@ -210,11 +223,12 @@ def main() -> None:
     language = TopicMarkovLanguage(generator=torch.Generator().manual_seed(0))
     val, val_topics = language.sample(64, args.length + 1, torch.Generator().manual_seed(1))
     progress, close = make_progress()
-    results = {name: [] for name in ROUTERS}
-    curves = {name: [] for name in ROUTERS}
+    configs = routers(args.k, args.k_min)
+    results = {name: [] for name in configs}
+    curves = {name: [] for name in configs}
     for seed in range(args.seeds):
-        for name in ROUTERS:
-            metrics, curve = train_one(name, seed, args, language, val, progress)
+        for name, config in configs.items():
+            metrics, curve = train_one(name, config, seed, args, language, val, progress)
             results[name].append(metrics)
             curves[name].append(curve)
     close()
@@ -231,7 +245,7 @@ def main() -> None:
     print("reference predictors on the same validation set: "
           + ", ".join(f"{k} {v:.4f}" for k, v in refs.items()))
     print("\nWhat this run shows:")
-    for line in conclusions(results):
+    for line in conclusions(results, args.k):
         print("  " + line)
     print(f"\ntotal time {time.time() - start:.0f} s")
     plot(curves, args)

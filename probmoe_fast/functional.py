@@ -46,6 +46,7 @@ from ._core.validation import (check_band, check_enough_finite, check_exact_k, c
 from .ops import batched
 from .ops.backend import resolve_backend
 from .ops.batched import math_dtype, sample_slots
+from .ops.estimators import Estimator, resolve_estimator, training_slots
 
 __all__ = ["RouterOutput", "route", "topk_route", "sample_and_marginals", "straight_through",
            "resolve_band", "check_gate"]
@@ -207,7 +208,8 @@ def route(logits: torch.Tensor, *, k: int | None = None, k_min: int | None = Non
           training: bool = True, sample_at_inference: bool = False,
           generator: torch.Generator | None = None, normalize: bool = False,
           gate: str = "softmax", backend: str = "auto",
-          validate_args: bool | None = None) -> RouterOutput:
+          validate_args: bool | None = None,
+          estimator: str | Estimator = "marginal_st") -> RouterOutput:
     r"""Exact probabilistic routing (module docstring; DESIGN.md §2).
 
     ==================  =========================  ============================================
@@ -228,8 +230,12 @@ def route(logits: torch.Tensor, *, k: int | None = None, k_min: int | None = Non
     raises ``ValueError`` naming the batch index; ``validate_args`` (default: the
     ``torch.distributions.Distribution`` switch) turns the data checks off for hot loops (the
     size and shape checks always run).
+    ``estimator`` (a name or a :class:`~probmoe_fast.ops.estimators.Estimator`) picks the
+    training gradient (:mod:`probmoe_fast.ops.estimators`); the default ``"marginal_st"`` is the
+    rule above, the others change only training (inference stays the mode).
     Cost per row: :math:`O(nK)` (sampling) or :math:`O(n \log n)` (mode).
     """
+    spec = resolve_estimator(estimator)
     n = n_experts(logits)
     exact = k is not None
     k_min, k_max = resolve_band(n, k, k_min, k_max)
@@ -245,7 +251,10 @@ def route(logits: torch.Tensor, *, k: int | None = None, k_min: int | None = Non
     theta = logits.to(math_dtype(logits.dtype))
     phi = None if size_logits is None else size_logits.to(theta.dtype)
     check_gate(gate)
-    if training or sample_at_inference:
+    if training and spec.name != "marginal_st":
+        indices, valid, marginals, carrier = training_slots(spec, theta, k_min, k_max, phi,
+                                                            generator, backend)
+    elif training or sample_at_inference:
         indices, valid, marginals = sample_slots(theta, k_min, k_max, phi, generator, backend)
         carrier = marginals.gather(-1, indices)
         # value 1 on the drawn experts; training: gradient through their exact marginals

@@ -30,6 +30,7 @@ from torch import nn
 from .._core.validation import check_exact_k
 from ..functional import RouterOutput, check_gate, resolve_band, route, topk_route
 from ..ops.backend import resolve_backend
+from ..ops.estimators import Estimator, resolve_estimator
 
 __all__ = ["ProbRouter", "TopKRouter", "check_input"]
 
@@ -88,17 +89,19 @@ class ProbRouter(nn.Module):
     Dynamic-k size logits :math:`\phi_j`, ``j = k_min..k_max``, are a parameter (initialized to
     0, the paper's Dynamic-k); otherwise they are fixed at 0. ``self.training`` selects the
     training rule (exact sample + straight-through weights) or inference (MAP, or a sample if
-    ``sample_at_inference``).
+    ``sample_at_inference``). ``estimator`` selects the training gradient
+    (:mod:`probmoe_fast.ops.estimators`; default the paper's marginal straight-through).
     """
 
     def __init__(self, d_model: int, n_experts: int, k: int | None = None, *,
                  k_min: int | None = None, k_max: int | None = None,
                  learn_size_logits: bool = False, normalize: bool = False, gate: str = "softmax",
                  sample_at_inference: bool = False, backend: str = "auto",
-                 device=None, dtype=None) -> None:
+                 estimator: str | Estimator = "marginal_st", device=None, dtype=None) -> None:
         super().__init__()
         _check_sizes(d_model, n_experts)
         resolve_band(n_experts, k, k_min, k_max)
+        self.estimator = resolve_estimator(estimator)
         check_gate(gate)
         resolve_backend(backend)  # the name now, not at the first forward
         if learn_size_logits and k is not None:
@@ -135,4 +138,5 @@ class ProbRouter(nn.Module):
         return route(self.gate(x), k=self.k, k_min=self.k_min, k_max=self.k_max,
                      size_logits=self.size_logits, training=self.training,
                      sample_at_inference=self.sample_at_inference, generator=generator,
-                     normalize=self.normalize, gate=self.gate_fn, backend=self.backend)
+                     normalize=self.normalize, gate=self.gate_fn, backend=self.backend,
+                     estimator=self.estimator)
