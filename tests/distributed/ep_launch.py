@@ -20,7 +20,7 @@ WORKER = Path(__file__).with_name("ep_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def launch(world: int, cases: list[str], tmp: Path, timeout: float = 150.0) -> dict:
+def launch(world: int, cases: list[str], tmp: Path, timeout: float = 300.0) -> dict:
     """``{case: {rank: "ok" | traceback}}``, plus ``"_launch"`` with the exit codes and output
     tails of the ranks when a rank did not finish cleanly."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
