@@ -6,14 +6,14 @@ A float32 :class:`~probmoe_fast.ProbMoE` layer (``E = 16``, ``d = 256``, ``d_ff 
 tokens of its own, and trained for ``--steps`` steps (forward + backward) after one warm-up. The
 unsharded layer on one process (no ``torch.distributed``) is timed the same way.
 
-Columns: the median over steps of the slowest rank's step time; the row bytes the ranks handed to
-the all-to-alls in the forward (dispatch + combine, all ranks; the backward exchanges as many),
-per token of the global batch, measured by wrapping the row all-to-all where
-:mod:`probmoe_fast.distributed.exchange` calls it; the part of it that leaves the rank; the minimum :math:`2 \sum_t |S_t|\, d \cdot 4`
-bytes per token (every valid row out and back); and what a padded dispatch of ``K`` slots per
-token would send, :math:`2 K d \cdot 4`. Every process runs one torch thread, so ``W`` processes
-need ``W`` cores: on a machine with fewer free cores the step times of the larger worlds include
-waiting for a core.
+Columns: the median and the minimum over steps of the slowest rank's step time; the valid rows
+per token; the row bytes the ranks handed to the all-to-alls in the forward (dispatch + combine,
+all ranks; the backward exchanges as many), per token of the global batch, measured by wrapping
+the row all-to-all where :mod:`probmoe_fast.distributed.exchange` calls it; the part of it that
+leaves its rank; the minimum :math:`2 \sum_t |S_t|\, d \cdot 4` bytes per token (every valid row
+out and back); and what a padded dispatch of ``K`` slots per token would send,
+:math:`2 K d \cdot 4`. Every process runs one torch thread, so ``W`` processes need ``W`` cores:
+on a machine with fewer free cores the step times of the larger worlds include waiting for one.
 
 Run: ``python benchmarks/report_ep.py [--steps S] [--tokens T]``.
 """
@@ -93,7 +93,7 @@ def rank_main(args) -> None:
     totals = torch.tensor([*handed[-2], *handed[-1], int(valid.sum())], dtype=torch.float64)
     dist.all_reduce(totals)
     n_tokens = args.tokens * args.world
-    record = {"step_s": statistics.median(slowest.tolist()),
+    record = {"step_s": statistics.median(slowest.tolist()), "min_s": min(slowest.tolist()),
               "bytes": float(totals[0] + totals[2]) / n_tokens,
               "remote": float(totals[1] + totals[3]) / n_tokens,
               "minimum": 2 * float(totals[4]) * D * 4 / n_tokens,
@@ -134,19 +134,20 @@ def main(argv=None) -> None:
         return
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, gloo, 1 thread per process, E={E} d={D} d_ff={F}, "
-          f"T={args.tokens} tokens per rank, float32, median of {args.steps} steps")
-    print(f"{'routing':<10} {'procs':>5} {'step s':>7} {'rows/tok':>8} {'B/tok sent':>10} "
-          f"{'B/tok off-rank':>14} {'B/tok min':>9} {'B/tok padded':>12}")
+          f"T={args.tokens} tokens per rank, float32, {args.steps} steps after a warm-up")
+    print(f"{'routing':<10} {'procs':>5} {'step s':>7} {'min s':>6} {'rows/tok':>8} "
+          f"{'B/tok sent':>10} {'B/tok off-rank':>14} {'B/tok min':>9} {'B/tok padded':>12}")
     for routing in ROUTINGS:
         x = torch.randn(args.tokens, D, generator=torch.Generator().manual_seed(10))
         times, aux = time_steps(make_layer(routing), x, torch.Generator().manual_seed(20),
                                 args.steps)
         rows = int(aux["routing"].valid.sum()) / args.tokens
-        print(f"{routing:<10} {'1*':>5} {statistics.median(times):>7.3f} {rows:>8.3f} "
-              f"{'-':>10} {'-':>14} {'-':>9} {'-':>12}")
+        print(f"{routing:<10} {'1*':>5} {statistics.median(times):>7.3f} {min(times):>6.3f} "
+              f"{rows:>8.3f} {'-':>10} {'-':>14} {'-':>9} {'-':>12}")
         for world in WORLDS:
             r = run_world(world, routing, args)
-            print(f"{routing:<10} {world:>5} {r['step_s']:>7.3f} {r['rows_per_token']:>8.3f} "
+            print(f"{routing:<10} {world:>5} {r['step_s']:>7.3f} {r['min_s']:>6.3f} "
+                  f"{r['rows_per_token']:>8.3f} "
                   f"{r['bytes']:>10.0f} {r['remote']:>14.0f} {r['minimum']:>9.0f} "
                   f"{r['padded']:>12.0f}")
     print("1*: the unsharded layer in one process, no torch.distributed. B/tok: bytes per "

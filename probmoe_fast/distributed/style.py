@@ -92,8 +92,8 @@ class ExpertParallel(ParallelStyle):
                              f"expert-parallel world size {n_ranks}")
         if isinstance(bank.gate_up, DTensor):
             raise ValueError("the experts are already sharded (ExpertParallel applied twice?)")
-        distribute_module(bank, device_mesh,
-                          partition_fn=partial(_shard_experts, self.src_data_rank),
+        source = getattr(self, "src_data_rank", 0)  # set by parallelize_module on newer torch
+        distribute_module(bank, device_mesh, partition_fn=partial(_shard_experts, source),
                           input_fn=dispatch, output_fn=combine)
         bank.forward = MethodType(local_experts, bank)
         if self.global_balance:
