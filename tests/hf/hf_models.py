@@ -27,6 +27,8 @@ def config(model_type: str, **overrides):
     if model_type == "mixtral":
         return MixtralConfig(**common, intermediate_size=24, num_local_experts=8)
     if model_type == "deepseek_v3":
+        # MLA with fewer kv heads than heads breaks transformers' padded-mask path (vanilla too)
+        common["num_key_value_heads"] = common["num_attention_heads"]
         return DeepseekV3Config(**common, intermediate_size=40, moe_intermediate_size=24,
                                 n_routed_experts=8, n_group=2, topk_group=1,
                                 first_k_dense_replace=0, n_shared_experts=1, q_lora_rank=None,
