@@ -48,6 +48,8 @@ class _ModuleExperts:
                                                                              m.gate_up_proj))
         dtype = compute_dtype(x_sorted, m.gate_up_proj)
         grouped = grouped_mm_supported(x_sorted.device, dtype, self.d_model, self.d_ff)
+        if torch.compiler.is_compiling() and dtype != torch.bfloat16:
+            grouped = False   # grouped_mm's fake-tensor rule under torch.compile is bf16-only
         has_bias = bool(getattr(m, "has_bias", False))
         return run_gated_experts(
             x_sorted, counts, m.gate_up_proj, m.down_proj, m._apply_gate,
