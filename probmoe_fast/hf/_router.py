@@ -16,6 +16,7 @@ Cost per token: the model's router plus :func:`probmoe_fast.route`, :math:`O(E K
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import torch
@@ -123,14 +124,9 @@ def _gate_weights(routing: RouterOutput, logits: torch.Tensor, gate: str, normal
     return weights
 
 
-_ROUTER_CLASSES: dict[type, type] = {}
-
-
+@functools.cache
 def probmoe_router_class(base: type[nn.Module]) -> type[nn.Module]:
     """The ProbMoE subclass of a model's router class (one per base class, created once)."""
     if issubclass(base, ProbMoERouter):
         return base
-    if base not in _ROUTER_CLASSES:
-        _ROUTER_CLASSES[base] = type(f"ProbMoE{base.__name__}", (ProbMoERouter, base),
-                                     {"__module__": __name__})
-    return _ROUTER_CLASSES[base]
+    return type(f"ProbMoE{base.__name__}", (ProbMoERouter, base), {"__module__": __name__})
