@@ -18,8 +18,8 @@ def test_hf_finetune_example_runs(tmp_path):
     lines = done.stdout.splitlines()
     for name in ("top-k (k=2)", "Exact-k (k=2)", "Dynamic-k (1..2)"):
         row = next(line for line in lines if line.startswith(name))
-        assert len(row.split("±")) == 5, row  # four metric columns, each mean ± std
-        active = float(row.split()[-6])
-        assert (active == 2.0) if "Dynamic" not in name else (1.0 <= active <= 2.0), row
+        assert len(row.split("±")) == 6, row  # five metric columns, each mean ± std
+        for active in (float(row.split()[-8]), float(row.split()[-2])):  # inference, training
+            assert (active == 2.0) if "Dynamic" not in name else (1.0 <= active <= 2.0), row
     assert "What this run shows:" in done.stdout and "lowest validation loss" in done.stdout
     assert (tmp_path / "curves.png").exists() or "skipping the PNG" in done.stdout
