@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ACTIVATIONS", "ExpertBank", "SharedMLP", "compute_dtype", "grouped_mm_supported"]
+__all__ = ["ACTIVATIONS", "ExpertBank", "SharedMLP", "compute_dtype", "grouped_mm_supported",
+           "run_gated_experts"]
 
 ACTIVATIONS = {"swiglu": F.silu, "geglu": F.gelu}
 _GROUPED_DTYPES = {
@@ -91,6 +92,69 @@ class _DenseGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         return grad.contiguous()
+
+
+def _segment_bias(bias: torch.Tensor | None, counts: torch.Tensor, n_rows: int,
+                  dtype: torch.dtype) -> torch.Tensor | None:
+    """Expert ``e``'s bias row repeated for each of its ``counts[e]`` sorted rows."""
+    if bias is None:
+        return None
+    return bias.to(dtype).repeat_interleave(counts, dim=0, output_size=n_rows)
+
+
+def run_gated_experts(x_sorted: torch.Tensor, counts: torch.Tensor, gate_up: torch.Tensor,
+                      down: torch.Tensor, gate, *, gate_up_bias: torch.Tensor | None = None,
+                      down_bias: torch.Tensor | None = None, transposed: bool = False,
+                      grouped: bool) -> torch.Tensor:
+    r"""Apply expert ``e``'s gated MLP to its segment of the expert-sorted rows.
+
+    .. math::
+
+        y = W^{\mathrm{down}}_e\, \mathrm{gate}(W^{\mathrm{gate\_up}}_e x + b^{\mathrm{gate\_up}}_e)
+            + b^{\mathrm{down}}_e
+
+    for the rows ``counts[:e].sum() : counts[:e+1].sum()``. ``gate`` maps the fused projection
+    ``(P, 2·d_ff)`` to ``(P, d_ff)`` (e.g. split in halves, SiLU on the first, times the second).
+    This is :class:`ExpertBank`'s computation, exposed for expert weights that live elsewhere
+    (e.g. a Hugging Face experts module, :mod:`probmoe_fast.hf`).
+
+    ==================  ====================================================================
+    argument            shape (``transposed=False`` / ``transposed=True``)
+    ==================  ====================================================================
+    ``x_sorted``        ``(P, d_model)``, rows grouped by expert
+    ``counts``          ``(E,)`` int64 rows per expert, ``counts.sum() == P``
+    ``gate_up``         ``(E, 2·d_ff, d_model)`` / ``(E, d_model, 2·d_ff)``
+    ``down``            ``(E, d_model, d_ff)`` / ``(E, d_ff, d_model)``
+    ``*_bias``          ``(E, 2·d_ff)`` and ``(E, d_model)``, or None
+    result              ``(P, d_model)`` in the compute dtype (:func:`compute_dtype`)
+    ==================  ====================================================================
+
+    ``grouped``: one ``F.grouped_mm`` per projection (check :func:`grouped_mm_supported` first),
+    else one ``F.linear`` pair per non-empty segment. Experts without rows cost nothing.
+    Cost: time :math:`O(P\, d_{model}\, d_{ff})`; memory :math:`O(P\, d_{ff})`.
+    """
+    n_rows = x_sorted.shape[0]
+    if not grouped:
+        outs = []
+        for e, segment in enumerate(x_sorted.split(counts.tolist())):
+            if segment.shape[0] == 0:
+                continue
+            w_in, w_out = (gate_up[e].T, down[e].T) if transposed else (gate_up[e], down[e])
+            b_in = None if gate_up_bias is None else gate_up_bias[e]
+            b_out = None if down_bias is None else down_bias[e]
+            outs.append(F.linear(gate(F.linear(segment, w_in, b_in)), w_out, b_out))
+        return torch.cat(outs)
+    dtype = compute_dtype(x_sorted, gate_up)
+    offs = counts.cumsum(0).to(torch.int32)
+    w_in, w_out = gate_up.to(dtype), down.to(dtype)
+    if not transposed:
+        w_in, w_out = w_in.transpose(1, 2), w_out.transpose(1, 2)
+    h = F.grouped_mm(x_sorted.to(dtype), w_in, offs=offs)
+    b_in = _segment_bias(gate_up_bias, counts, n_rows, dtype)
+    h = gate(h if b_in is None else h + b_in)
+    out = _DenseGrad.apply(F.grouped_mm(h, w_out, offs=offs))
+    b_out = _segment_bias(down_bias, counts, n_rows, dtype)
+    return out if b_out is None else out + b_out
 
 
 class ExpertBank(nn.Module):
@@ -155,22 +219,14 @@ class ExpertBank(nn.Module):
             return self._grouped(x_sorted, counts)
         return self._loop(x_sorted, counts)
 
+    def _gate(self, h: torch.Tensor) -> torch.Tensor:
+        return _glu(h, self.activation, self.d_ff)
+
     def _grouped(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        dtype = compute_dtype(x, self.gate_up)
-        offs = counts.cumsum(0).to(torch.int32)
-        x = x.to(dtype)
-        h = F.grouped_mm(x, self.gate_up.to(dtype).transpose(1, 2), offs=offs)
-        h = _glu(h, self.activation, self.d_ff)
-        return _DenseGrad.apply(F.grouped_mm(h, self.down.to(dtype).transpose(1, 2), offs=offs))
+        return run_gated_experts(x, counts, self.gate_up, self.down, self._gate, grouped=True)
 
     def _loop(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        outs = []
-        for e, segment in enumerate(x.split(counts.tolist())):
-            if segment.shape[0] == 0:
-                continue
-            h = _glu(F.linear(segment, self.gate_up[e]), self.activation, self.d_ff)
-            outs.append(F.linear(h, self.down[e]))
-        return torch.cat(outs)
+        return run_gated_experts(x, counts, self.gate_up, self.down, self._gate, grouped=False)
 
 
 class SharedMLP(nn.Module):
