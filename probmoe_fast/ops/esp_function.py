@@ -64,7 +64,8 @@ from .._core.partition import log_partition, size_probs
 from .._core.sampling import inverse_cdf, sample_subsets
 from .fast_path import fast_backward, fast_forward, fast_jvp
 
-__all__ = ["esp_forward", "esp_tables", "ESPFunction", "CovVJPFunction", "draw_samples"]
+__all__ = ["esp_forward", "esp_tables", "ESPFunction", "CovVJPFunction", "JVPFunction",
+           "draw_samples"]
 
 
 def _empty_band(theta: torch.Tensor) -> ESP:
@@ -156,9 +157,8 @@ class ESPFunction(torch.autograd.Function):
         if k_max == 0:
             log_q_dot = theta.new_zeros(theta.shape[0], 1)
             return log_q_dot, None, None, torch.zeros_like(theta), None, None
-        log_q_dot, m_dot = fast_jvp(theta.detach(), None if size_logits is None
-                                    else size_logits.detach(), k_min, k_max, top, theta_dot,
-                                    size_logits_dot)
+        log_q_dot, m_dot = JVPFunction.apply(theta, size_logits, top, k_min, k_max, theta_dot,
+                                             size_logits_dot)
         return log_q_dot, None, None, m_dot, None, None
 
     @staticmethod
@@ -270,6 +270,34 @@ class CovVJPFunction(torch.autograd.Function):
         grad_phi = (grad_phi.new_empty(size, 0) if size_logits is None
                     else grad_phi.unflatten(0, (size, n_rows)))
         return (grad_theta, grad_phi), (0, 0)
+
+
+class JVPFunction(torch.autograd.Function):
+    r"""``(log_q_dot, m_dot) = JVPFunction.apply(theta, size_logits, top, k_min, k_max,
+    theta_dot, size_logits_dot)``: the forward-mode rule of :class:`ESPFunction` as a Function
+    with a ``vmap`` rule (``torch.func.jacfwd`` vmaps it over the tangents); not differentiable
+    itself."""
+
+    @staticmethod
+    def forward(theta, size_logits, top, k_min, k_max, theta_dot, size_logits_dot):
+        detach = (lambda t: None if t is None else t.detach())
+        return fast_jvp(theta.detach(), detach(size_logits), k_min, k_max, top, detach(theta_dot),
+                        detach(size_logits_dot))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mark_non_differentiable(*output)
+
+    @staticmethod
+    def vmap(info, in_dims, theta, size_logits, top, k_min, k_max, theta_dot, size_logits_dot):
+        size = info.batch_size
+        theta = _batch_first(theta, in_dims[0], size)
+        n_rows = theta.shape[1]
+        flat = (lambda t, d: None if t is None else _batch_first(t, d, size).flatten(0, 1))
+        outs = JVPFunction.apply(theta.flatten(0, 1), flat(size_logits, in_dims[1]),
+                                 flat(top, in_dims[2]), k_min, k_max, flat(theta_dot, in_dims[5]),
+                                 flat(size_logits_dot, in_dims[6]))
+        return tuple(t.unflatten(0, (size, n_rows)) for t in outs), (0, 0)
 
 
 def esp_forward(theta, k_min, k_max, size_logits=None, n_samples=0, generator=None):

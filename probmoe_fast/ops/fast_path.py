@@ -48,8 +48,6 @@ the sampler's), two of each backward, plus ``O(nT)``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .._core import expert_major as em
@@ -79,7 +77,7 @@ def _band_weights(last, shift, k_min, size_logits, offset):
     """``(log_q, gamma, p, keep)`` ``(T, L)`` from the band's last-prefix values."""
     keep = last > 0
     safe = torch.where(keep, last, torch.ones_like(last))
-    log_q = torch.where(keep, torch.log(safe), torch.full_like(last, -math.inf))
+    log_q = torch.log(last)  # -inf where e_j = 0, NaN on a NaN row (validation off)
     # gamma_j = e^{phi_j + jc + o_j - log Z} = p_j / P_{n,j}, with p = softmax of the relative
     # scores of probmoe_fast._core.partition (no large offset ever enters an exponent)
     p = torch.softmax(size_scores(log_q, shift, k_min, size_logits, offset), dim=-1)
