@@ -8,10 +8,11 @@ table is divided by :math:`e^{G_j}`,
 .. math::
 
     G_j = \sum_{b \le j} (\rho_b + \kappa_b), \qquad
-    \mu_{l,j} = e^{(x_l - \rho_j) - \kappa_j} \quad (\mu_{l,j} = 0 \text{ for } l < j - 1),
+    \mu_{l,j} = e^{x_l - \rho_j}\, e^{-\kappa_j} \quad (\mu_{l,j} = 0 \text{ for } l < j - 1),
 
 with :math:`x_l` the logit at table position :math:`l = 0..n-1`, :math:`\rho_j` the j-th largest
-logit and :math:`\kappa_j` a gauge; :math:`\mu_{l,j}` is the multiplier with which expert
+logit and :math:`\kappa_j = q_j \ln 2` a gauge with integer :math:`q_j` (a power of two, so
+that it rescales exactly); :math:`\mu_{l,j}` is the multiplier with which expert
 :math:`l` feeds level :math:`j` from level :math:`j-1` (:math:`Q_j(l+1) = Q_j(l) + \mu_{l,j}
 Q_{j-1}(l)`). Both the normalisers and the gauge cancel in every ratio the DP forms, so any choice
 is exact in exact arithmetic; this one keeps every float32 table entry representable at any
@@ -21,16 +22,18 @@ logit spread and any :math:`\binom{n}{k}` of DESIGN.md §6 (:doc:`/derivations/l
   :math:`\mu_{l,j} \le e^{-\kappa_j}`, and the top-:math:`j` product alone is :math:`e^{0}` per
   step: a nonzero prefix entry of level :math:`j` lies in
   :math:`[e^{-K_j}, \binom{n}{j} e^{-K_j}]`, :math:`K_j = \sum_{b \le j} \kappa_b`;
-* the **static gauge** :math:`K_j = \tfrac12 \log \binom{n}{j}` centres that range:
+* the **static gauge** :math:`K_j \approx \tfrac12 \log \binom{n}{j}` (rounded to a multiple
+  of :math:`\ln 2`) centres that range:
   :math:`[e^{-47}, e^{47}]` at :math:`n = 256, k = 32` (all-tied rows reach
   :math:`\binom{256}{32} \approx e^{94}`, past float32's :math:`e^{88.7}`); the completion
   tables, whose entries times the prefix entries are probabilities, stay below
   :math:`e^{K_j}`;
-* the **final gauge** (:func:`final_gauge`) instead sets the last entry of every level to 1, for
+* the **final gauge** (:func:`final_gauge`) instead sets the last entry of every level to
+  :math:`[2^{-1/2}, 2^{1/2})`, for
   the differentiable path, whose third derivatives meet :math:`Q_j(n)^{-3}`.
 
 Past position :math:`K` the multipliers factor as :math:`e^{x_l - \rho_K} \cdot
-e^{(\rho_K - \rho_j) - \kappa_j}`, both factors at most 1 (one ``(n, T)`` exp and one product
+e^{\rho_K - \rho_j} e^{-\kappa_j}`, both factors at most 1 (one ``(n, T)`` exp and one product
 instead of ``(n, K, T)`` exps); the exponents stay differences of logits, so the rounding is
 relative to the gap, not to the logits' size. Levels above a row's finite count are exactly 0
 (their :math:`\rho` is the last finite one, and the masked experts' multipliers are

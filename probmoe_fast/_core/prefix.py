@@ -8,10 +8,10 @@ sum over the expert axis of the level below it, shifted by one position:
 
 .. math::
 
-    Q_j(i) = \sum_{l \le i} e^{(x_l - \rho_j) - \kappa_j}\, Q_{j-1}(l-1), \qquad Q_0 \equiv 1,
-    \qquad E_j(i) = e^{G_j} Q_j(i), \quad G_j = \sum_{b \le j} (\rho_b + \kappa_b),
+    Q_j(i) = \sum_{l \le i} e^{x_l - \rho_j}\, 2^{-q_j}\, Q_{j-1}(l-1), \qquad Q_0 \equiv 1,
+    \qquad E_j(i) = e^{G_j} Q_j(i), \quad G_j = \sum_{b \le j} (\rho_b + q_b \ln 2),
 
-with the normalisers :math:`\rho_j` (the j-th largest logit) and the gauge :math:`\kappa_j` of
+with the normalisers :math:`\rho_j` (the j-th largest logit) and the integer gauge :math:`q_j` of
 :mod:`probmoe_fast._core.levels` (they cancel in every ratio and in :math:`\log Z`). Multipliers
 of positions :math:`l < j` (1-based) only meet the structural zeros :math:`Q_{j-1}(l-1) = 0`;
 they are set to 0 (a real :math:`-\infty` exponent) so that they cannot overflow. Masked experts
@@ -23,7 +23,7 @@ argument       shape                   dtype
 =============  ======================  ===============================================
 ``x``          ``(T, n)``              float32 / float64; logits in table order
 ``rho``        ``(T, K)``              same dtype; :math:`\rho_1..\rho_K`, finite, constant
-``kappa``      ``(T, K)`` or ``(K,)``  same dtype; :math:`\kappa_1..\kappa_K`, constant
+``q``          ``(T, K)`` or ``(K,)``  same dtype; integers :math:`q_1..q_K`, constant
 returns        ``K+1`` × ``(T, n)``    :math:`Q_0..Q_K`; entry ``[t, i]`` is the prefix of
                                        length i+1
 =============  ======================  ===============================================
