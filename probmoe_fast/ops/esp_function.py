@@ -22,8 +22,9 @@ product is :math:`\mathrm{Cov}(z) v`). Every row takes the analytic tables of
 :mod:`probmoe_fast.ops.fast_path`, whose per-level normalisation holds at every spread and size
 (:doc:`/derivations/log_space`):
 
-* :class:`ESPFunction` — forward, backward (through :class:`CovVJPFunction`), ``jvp`` (the same
-  tables: :math:`\dot m = \mathrm{Cov}(z) u` plus the size-logit term) and an explicit ``vmap``
+* :class:`ESPFunction` — forward, backward (through :class:`CovVJPFunction`), ``jvp`` (through
+  :class:`JVPFunction`, the same tables: :math:`\dot m = \mathrm{Cov}(z) u` plus the size-logit
+  term) and an explicit ``vmap``
   rule (rows of every vmapped batch are just more rows), so ``torch.func.grad``, ``jacrev``,
   ``jacfwd``/``jvp`` and ``vmap`` work on the marginals;
 * :class:`CovVJPFunction` — the backward as a Function of its own: forward is the analytic
