@@ -1,26 +1,29 @@
 r"""Expert-major ESP tables for the fast path: one fused multiply-add per expert over all levels.
 
-Layout ``(n+1, K+1, T)``: position :math:`l` (experts ``0..l-1`` seen), level :math:`a`, row
-:math:`t`; each step reads and writes one cache-sized ``(K, T)`` slab. With weights
-:math:`w_l = e^{\theta_l - c} \le 1` (``(n, T)``) and a direction :math:`v` (``(n, T)``):
+Layout ``(n+1, K+1, T)``: position :math:`l` (experts ``0..l-1`` of the table order seen), level
+:math:`a`, row :math:`t`; each step reads and writes one cache-sized ``(K, T)`` slab. With the
+per-level multipliers :math:`\mu_{l,a}` of :mod:`probmoe_fast._core.levels` (``(n, K, T)``,
+level :math:`a = 1..K`; :math:`\mu_{l,a} = w_l e^{-(\rho_a + \kappa_a)}` for the weights
+:math:`w_l = e^{x_l}`, so that level :math:`a` of every table is normalised by
+:math:`e^{-G_a}`) and a direction :math:`v` (``(n, T)``):
 
 .. math::
 
-    P_{l+1,a} &= P_{l,a} + w_l P_{l,a-1}, & P_{0,a} &= [a = 0]
-        \quad (\text{prefix: } P_{l,a} = e_a(w_0..w_{l-1})) \\
-    B_{l,a} &= B_{l+1,a} + w_l B_{l+1,a+1}, & B_{n,a} &= \gamma_a,\; B_{l,K} = \gamma_K
-        \quad (\text{completion: } \textstyle\sum_{T \subseteq \{l..n-1\}} \gamma_{a+|T|} w^T) \\
-    P'_{l+1,a} &= P'_{l,a} + w_l (P'_{l,a-1} + v_l P_{l,a-1}), & P'_{0,a} &= 0 \\
-    B'_{l,a} &= B'_{l+1,a} + w_l (B'_{l+1,a+1} + v_l B_{l+1,a+1}), & B'_{n,a} &= \gamma'_a,\;
-        B'_{l,K} = \gamma'_K
+    P_{l+1,a} &= P_{l,a} + \mu_{l,a} P_{l,a-1}, & P_{0,a} &= [a = 0]
+        \quad (\text{prefix: } P_{l,a} = e^{-G_a} e_a(w_0..w_{l-1})) \\
+    B_{l,a} &= B_{l+1,a} + \mu_{l,a+1} B_{l+1,a+1}, & B_{n,a} &= \gamma_a,\; B_{l,K} = \gamma_K
+        \quad (\text{completion}) \\
+    P'_{l+1,a} &= P'_{l,a} + \mu_{l,a} (P'_{l,a-1} + v_l P_{l,a-1}), & P'_{0,a} &= 0 \\
+    B'_{l,a} &= B'_{l+1,a} + \mu_{l,a+1} (B'_{l+1,a+1} + v_l B_{l+1,a+1}), & B'_{n,a} &=
+        \gamma'_a,\; B'_{l,K} = \gamma'_K
 
 :math:`P', B'` are the derivatives of :math:`P, B` under the tilt :math:`w_l \to w_l(1+\epsilon
 v_l)` at :math:`\epsilon = 0` (dual numbers), plus, for :math:`B'`, a second set of terminal
 weights :math:`\gamma'` carried along linearly. The prefix tables are stored; the completion is
-only ever needed paired with them, :math:`s_l = \sum_{a<K} P_{l,a} B_{l+1,a+1}` (the weight of
-all subsets that contain expert :math:`l`, over :math:`w_l`), so it is streamed from
+only ever needed paired with them, :math:`s_l = \sum_{a<K} P_{l,a} \mu_{l,a+1} B_{l+1,a+1}`
+(the weight of all subsets that contain expert :math:`l`), so it is streamed from
 :math:`l = n` down through a ring of ``_CHUNK + 1`` slabs and paired with the stored prefix
-slabs a chunk of positions at a time (one product and one sum per chunk; no completion table,
+slabs a chunk of positions at a time (two products and one sum per chunk; no completion table,
 no ``(n, K, T)`` product).
 
 ==========================  ======================  ========================================
@@ -29,16 +32,16 @@ function                    returns                 cost (time; memory)
 ``prefix``                  ``(n+1, K+1, T)``       :math:`n` fused ops; :math:`O(nKT)`
 ``prefix_with_tilt``        ``(n+1, 2, K+1, T)``    :math:`n` fused ops on ``(2, K, T)`` and
                             (:math:`P, P'`)         :math:`n` on ``(K, T)``; :math:`O(nKT)`
-``pair_sums``               ``(n, T)``: :math:`s`   :math:`n` fused ops on ``(K, T)``, 2
+``pair_sums``               ``(n, T)``: :math:`s`   :math:`n` fused ops on ``(K, T)``, 3
                                                     per chunk; :math:`O(KT)` besides the output
-``tilted_pair_sums``        ``(2, n, T)``:          :math:`2n` fused ops on ``(K, T)``, 3 per
+``tilted_pair_sums``        ``(2, n, T)``:          :math:`2n` fused ops on ``(K, T)``, 4 per
                             :math:`s`, :math:`s'`   chunk; :math:`O(KT)` besides the output
 ==========================  ======================  ========================================
 
-with :math:`s'_l = \sum_{a<K} (P'_{l,a} B_{l+1,a+1} + P_{l,a} B'_{l+1,a+1})`, the tilt
-derivative of :math:`s_l`. Inputs are float32/float64, weights finite and in :math:`[0, 1]`
-(masked experts: exactly 0). Not differentiable (used inside an autograd Function's forward and
-first-order backward).
+with :math:`s'_l = \sum_{a<K} \mu_{l,a+1} (P'_{l,a} B_{l+1,a+1} + P_{l,a} B'_{l+1,a+1})`, the
+tilt derivative of :math:`s_l` from the other positions. Inputs are float32/float64,
+multipliers finite and nonnegative (masked experts: exactly 0). Not differentiable (used inside
+the autograd Functions' forward and first-order backward).
 """
 
 from __future__ import annotations
@@ -48,32 +51,32 @@ import torch
 __all__ = ["prefix", "prefix_with_tilt", "pair_sums", "tilted_pair_sums"]
 
 
-def prefix(w: torch.Tensor, n_levels: int) -> torch.Tensor:
-    n, rows = w.shape
-    table = w.new_empty(n + 1, n_levels + 1, rows)
+def prefix(mu: torch.Tensor, n_levels: int) -> torch.Tensor:
+    n, _, rows = mu.shape
+    table = mu.new_empty(n + 1, n_levels + 1, rows)
     table[:, 0] = 1
     table[0, 1:] = 0
     upper, lower = table[:, 1:].unbind(0), table[:, :-1].unbind(0)
-    for l, w_l in enumerate(w.unbind(0)):
-        torch.addcmul(upper[l], w_l, lower[l], out=upper[l + 1])
+    for l, mu_l in enumerate(mu.unbind(0)):
+        torch.addcmul(upper[l], mu_l, lower[l], out=upper[l + 1])
     return table
 
 
-def prefix_with_tilt(w: torch.Tensor, wv: torch.Tensor, n_levels: int) -> torch.Tensor:
+def prefix_with_tilt(mu: torch.Tensor, mu_v: torch.Tensor, n_levels: int) -> torch.Tensor:
     r"""``(n+1, 2, K+1, T)``: :math:`P` (``[:, 0]``) and :math:`P'` (``[:, 1]``) in one pass
-    (``wv`` = :math:`w \odot v`); both obey the same recursion, :math:`P'` gets the extra
-    :math:`w_l v_l P_{l,a-1}`."""
-    n, rows = w.shape
-    both = w.new_empty(n + 1, 2, n_levels + 1, rows)
+    (``mu_v`` = :math:`\mu \odot v`); both obey the same recursion, :math:`P'` gets the extra
+    :math:`\mu_{l,a} v_l P_{l,a-1}`."""
+    n, _, rows = mu.shape
+    both = mu.new_empty(n + 1, 2, n_levels + 1, rows)
     both[0] = 0
     both[:, 0, 0] = 1
     both[:, 1, 0] = 0
     upper, lower = both[:, :, 1:].unbind(0), both[:, :, :-1].unbind(0)
     tilt_upper = both[:, 1, 1:].unbind(0)
     plain_lower = both[:, 0, :-1].unbind(0)
-    for l, (w_l, wv_l) in enumerate(zip(w.unbind(0), wv.unbind(0))):
-        torch.addcmul(upper[l], w_l, lower[l], out=upper[l + 1])
-        tilt_upper[l + 1].addcmul_(wv_l, plain_lower[l])
+    for l, (mu_l, mu_v_l) in enumerate(zip(mu.unbind(0), mu_v.unbind(0))):
+        torch.addcmul(upper[l], mu_l, lower[l], out=upper[l + 1])
+        tilt_upper[l + 1].addcmul_(mu_v_l, plain_lower[l])
     return both
 
 
@@ -103,39 +106,42 @@ def _streamed(terminal: torch.Tensor, n: int, step, pair) -> None:
             step(ring, lo - hi + _CHUNK, lo, top=True)
 
 
-def pair_sums(w: torch.Tensor, front: torch.Tensor, terminal: torch.Tensor) -> torch.Tensor:
-    r""":math:`s` ``(n, T)`` for the prefix table ``front`` and ``terminal`` ``(K+1, T)``:
-    :math:`\gamma_a` (0 outside the band)."""
-    n, rows = w.shape
-    weights = w.unbind(0)
-    s = w.new_empty(n, rows)
-    prod = w.new_empty(_CHUNK, terminal.shape[0] - 1, rows)
+def pair_sums(mu: torch.Tensor, front: torch.Tensor, terminal: torch.Tensor) -> torch.Tensor:
+    r""":math:`s` ``(n, T)`` for the multipliers ``mu``, the prefix table ``front`` and
+    ``terminal`` ``(K+1, T)``: :math:`\gamma_a` (0 outside the band)."""
+    n, n_levels, rows = mu.shape
+    steps = mu.unbind(0)
+    s = mu.new_empty(n, rows)
+    prod = mu.new_empty(_CHUNK, n_levels, rows)
     upper = lower = None
 
     def step(ring, j, p, top=False):
         nonlocal upper, lower
         if upper is None:
             upper, lower = ring[:, 1:].unbind(0), ring[:, :-1].unbind(0)
-        torch.addcmul(lower[j + 1], weights[p], upper[j + 1], out=lower[_CHUNK if top else j])
+        torch.addcmul(lower[j + 1], steps[p], upper[j + 1], out=lower[_CHUNK if top else j])
 
     def pair(lo, hi, slabs):
         part = prod[:hi - lo]
-        torch.mul(front[lo:hi, :-1], slabs[:, 1:], out=part)
+        torch.mul(front[lo:hi, :-1], mu[lo:hi], out=part)
+        part.mul_(slabs[:, 1:])
         torch.sum(part, 1, out=s[lo:hi])
 
     _streamed(terminal, n, step, pair)
     return s
 
 
-def tilted_pair_sums(w: torch.Tensor, wv: torch.Tensor, front: torch.Tensor,
+def tilted_pair_sums(mu: torch.Tensor, mu_v: torch.Tensor, front: torch.Tensor,
                      terminal: torch.Tensor, tilt_terminal: torch.Tensor) -> torch.Tensor:
-    r"""``(2, n, T)``: :math:`s` and :math:`s'` for the tilted prefix tables ``front``
-    ``(n+1, 2, K+1, T)`` and the terminal weights :math:`\gamma`, :math:`\gamma'`."""
-    n, rows = w.shape
-    weights, tilted = w.unbind(0), wv.unbind(0)
-    # per position: [sum P B, sum P' B, sum P B'] (slabs hold B, B')
-    sums = w.new_empty(n, 3, rows)
-    prod = w.new_empty(_CHUNK, 3, terminal.shape[0] - 1, rows)
+    r"""``(2, n, T)``: :math:`s` and :math:`s'` for the multipliers ``mu`` (and
+    ``mu_v`` = :math:`\mu \odot v`), the tilted prefix tables ``front`` ``(n+1, 2, K+1, T)``
+    and the terminal weights :math:`\gamma`, :math:`\gamma'`."""
+    n, n_levels, rows = mu.shape
+    steps, tilted = mu.unbind(0), mu_v.unbind(0)
+    # per position: [sum mu P B, sum mu P' B, sum mu P B'] (slabs hold B, B')
+    sums = mu.new_empty(n, 3, rows)
+    prod = mu.new_empty(_CHUNK, 3, n_levels, rows)
+    scaled = mu.new_empty(_CHUNK, 2, n_levels, rows)
     views = None
 
     def step(ring, j, p, top=False):
@@ -145,12 +151,12 @@ def tilted_pair_sums(w: torch.Tensor, wv: torch.Tensor, front: torch.Tensor,
                      ring[:, 0, 1:].unbind(0), ring[:, 1, :-1].unbind(0))
         upper, lower, plain_upper, tilt_lower = views
         out = _CHUNK if top else j
-        torch.addcmul(lower[j + 1], weights[p], upper[j + 1], out=lower[out])
+        torch.addcmul(lower[j + 1], steps[p], upper[j + 1], out=lower[out])
         tilt_lower[out].addcmul_(tilted[p], plain_upper[j + 1])
 
     def pair(lo, hi, slabs):
-        part = prod[:hi - lo]
-        fronts = front[lo:hi, :, :-1]
+        part, fronts = prod[:hi - lo], scaled[:hi - lo]
+        torch.mul(front[lo:hi, :, :-1], mu[lo:hi, None], out=fronts)
         torch.mul(fronts, slabs[:, :1, 1:], out=part[:, :2])
         torch.mul(fronts[:, 0], slabs[:, 1, 1:], out=part[:, 2])
         torch.sum(part, 2, out=sums[lo:hi])

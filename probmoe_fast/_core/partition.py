@@ -13,7 +13,7 @@ float64 ``offset`` :math:`o_j`, 0 when absent) and size logits :math:`\phi_j` (0
 The scores :math:`r_j` are taken relative to :math:`k_{\min} c` so that a large logit offset
 :math:`c` never enters the softmax (for Exact-k, :math:`r = \ell_k` exactly). The constants
 :math:`\phi_j + (j - k_{\min}) c + o_j` are summed in float64 before they meet ``log_e``: size
-logits may balance :math:`c`, and the sorted table's :math:`o_j` reaches :math:`-(j-1)` × spread
+logits may balance :math:`c`, and the level offsets :math:`o_j` reach :math:`-(j-1)` × spread
 while :math:`o_j + (j - k_{\min}) c` is the sum of the top logits' gaps to the largest, so float32
 would keep only the rounding of the large terms.
 

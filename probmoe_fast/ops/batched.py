@@ -33,7 +33,7 @@ import torch
 
 from .._core.partition import log_partition, size_probs
 from .backend import resolve_backend
-from .esp_function import draw_samples, esp_forward, routed_forward
+from .esp_function import draw_samples, esp_forward, esp_tables
 
 __all__ = ["math_dtype", "esp_stats", "sample_and_marginals", "sample", "partition_stats",
            "sample_slots"]
@@ -98,7 +98,7 @@ def sample(logits, k_min, k_max, size_logits=None, sample_shape=torch.Size(), ge
     if resolve_backend(backend, theta) == "triton":
         z, _ = _triton_sample(theta, phi, k_min, k_max, n_samples, generator)
         return z.reshape(*sample_shape, *logits.shape)
-    esp, _, _ = routed_forward(theta, phi, k_min, k_max, with_marginals=False)
+    esp = esp_tables(theta, phi, k_min, k_max)
     z = draw_samples(esp, phi, k_min, k_max, n_samples, generator)
     return z.reshape(*sample_shape, *logits.shape)
 

@@ -1,6 +1,6 @@
-r"""One autograd Function for the whole fast path: per-level log ESPs, exact marginals and
-(optionally) an exact sample, sharing one DP table; backward is the exact
-:math:`\mathrm{Cov}(z)\,v`.
+r"""The autograd Functions of the torch path: per-level log ESPs, exact marginals and
+(optionally) an exact sample from one DP table; backward is the exact :math:`\mathrm{Cov}(z)\,v`,
+itself differentiable (double backward), and the forward-mode and ``torch.func`` rules.
 
 Forward, for logits :math:`\theta` ``(T, n)`` and the band :math:`k_{\min}..k_{\max}`:
 
@@ -18,17 +18,22 @@ Backward receives cotangents :math:`(\bar\ell, v)` and returns
     \bar\phi = \nabla_\phi \langle v, m \rangle
 
 (:math:`\partial m / \partial \theta = \mathrm{Cov}(z)` is symmetric, so the vector–Jacobian
-product is :math:`\mathrm{Cov}(z) v`). Two routes, chosen per row:
+product is :math:`\mathrm{Cov}(z) v`). Every row takes the analytic tables of
+:mod:`probmoe_fast.ops.fast_path`, whose per-level normalisation holds at every spread and size
+(:doc:`/derivations/log_space`):
 
-* **fast** (:mod:`probmoe_fast.ops.fast_path`, rows that pass the plain-table check): explicit
-  forward–backward tables for :math:`m`, tilted (dual-number) tables for :math:`\mathrm{Cov}(z)v`;
-* **general** (every other row, and every double backward): :math:`m` is the autograd adjoint of
-  :func:`~probmoe_fast._core.esp.log_esp` (the adjoint of the prefix table is the suffix table),
-  and backward differentiates that adjoint once more; with ``create_graph`` the recomputation is
-  itself recorded, so the marginals are twice differentiable (``gradgradcheck``).
+* :class:`ESPFunction` — forward, backward (through :class:`CovVJPFunction`), ``jvp`` (through
+  :class:`JVPFunction`, the same tables: :math:`\dot m = \mathrm{Cov}(z) u` plus the size-logit
+  term) and an explicit ``vmap``
+  rule (rows of every vmapped batch are just more rows), so ``torch.func.grad``, ``jacrev``,
+  ``jacfwd``/``jvp`` and ``vmap`` work on the marginals;
+* :class:`CovVJPFunction` — the backward as a Function of its own: forward is the analytic
+  product, backward (the double backward of the marginals) differentiates the general path of
+  :func:`~probmoe_fast._core.esp.log_esp` three times with autograd (final gauge: every level's
+  last entry is 1, so :math:`Q^{-3}` stays finite); with ``create_graph`` that is recorded too.
 
-Only the inputs are saved for backward (the tables are recomputed), plus the per-row shift
-:math:`c` and fast-path flags, ``(T,)`` each.
+Saved for backward: the inputs, the top-:math:`K` expert indices ``(T, K)`` int64 (the table
+order is rebuilt from them) and nothing else; the tables are recomputed.
 
 =================  =======================  ===================================================
 name               shape                    meaning
@@ -36,43 +41,53 @@ name               shape                    meaning
 ``theta``          ``(T, n)``               float32 / float64 logits
 ``size_logits``    ``(T, L)`` or None       :math:`\phi`, :math:`L = k_{\max} - k_{\min} + 1`
 ``log_q``          ``(T, L)``               :math:`\ell_j - o_j` (differentiable)
-``offset``         ``(T, L)`` float64       :math:`o_j` (no gradient; 0 on plain rows), so that
-                                            :math:`\ell_j` = ``log_q + offset`` never passes
-                                            through float32 whole
+``offset``         ``(T, L)`` float64       :math:`o_j` (no gradient), so that :math:`\ell_j` =
+                                            ``log_q + offset`` never passes through float32
+                                            whole
 ``shift``          ``(T,)``                 :math:`c` (no gradient)
 ``marginals``      ``(T, n)``               :math:`m`
-``sample``         ``(S*T, n)`` / ``(0,)``  0/1 masks, draw r from row r mod T (no gradient)
+``sample``         ``(S*T, n)`` / ``(0,)``  0/1 masks, draw r from row r mod T (no gradient);
+                                            NaN rows for NaN logits (``validate_args=False``)
+``top``            ``(T, K)`` int64         the top experts (the table order)
 =================  =======================  ===================================================
 
-Cost: forward :math:`O(TnK)` plus :math:`O(STKn)` for samples; backward :math:`O(TnK)`
-(fast: about 2.5 forward passes); transient memory :math:`O(TnK)`; kept for backward:
-``theta`` (and ``size_logits``) and two ``(T,)`` vectors.
+Cost: forward :math:`O(TnK)` plus :math:`O(STKn)` for samples; backward and JVP :math:`O(TnK)`
+(about 2.5 forward passes); double backward :math:`O(TnK)` with autograd's constant (several
+table passes); transient memory :math:`O(TnK)`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .._core.esp import finite_max, log_esp
+from .._core.esp import ESP, log_esp
 from .._core.partition import log_partition, size_probs
 from .._core.sampling import inverse_cdf, sample_subsets
-from .fast_path import fast_backward, fast_forward
+from .fast_path import fast_backward, fast_forward, fast_jvp
 
-__all__ = ["esp_forward", "ESPFunction", "draw_samples", "routed_forward"]
+__all__ = ["esp_forward", "esp_tables", "ESPFunction", "CovVJPFunction", "JVPFunction",
+           "draw_samples"]
 
 
-def _marginals_graph(theta, size_logits, k_min, k_max, create_graph):
-    """``(esp, m)`` with ``m`` differentiable in ``theta`` when ``create_graph``."""
-    esp = log_esp(theta, k_min, k_max)
-    log_z = log_partition(esp.log_q, esp.shift, k_min, size_logits, esp.offset)
-    if k_max == 0:  # the empty subset, m = 0 (log Z may still depend on phi_0)
-        return esp, torch.zeros_like(theta)
-    (m,) = torch.autograd.grad(log_z.sum(), theta, create_graph=create_graph)
-    return esp, m
+def _empty_band(theta: torch.Tensor) -> ESP:
+    """The tables of the band 0..0 (the empty subset): :math:`\\ell_0 = 0`, no gradient."""
+    n_rows, n = theta.shape
+    order = torch.arange(n, device=theta.device).expand(n_rows, n)
+    return ESP(theta.new_zeros(n_rows, 1), theta.new_zeros(n_rows), [theta.new_ones(n, n_rows)],
+               order, torch.zeros(n_rows, 1, dtype=torch.float64, device=theta.device))
+
+
+def esp_tables(theta, phi, k_min, k_max):
+    r"""The sampler's tables (``ESP``) for detached ``theta`` ``(T, n)``, without marginals."""
+    if k_max == 0:
+        return _empty_band(theta)
+    return fast_forward(theta, phi, k_min, k_max, with_marginals=False)[0]
 
 
 def draw_samples(esp, size_logits, k_min, k_max, n_samples, generator):
-    r"""``n_samples`` exact draws per row from ``esp``'s tables: ``(n_samples * T, n)``."""
+    r"""``n_samples`` exact draws per row from ``esp``'s tables: ``(n_samples * T, n)``. A row
+    whose tables are NaN (NaN logits past ``validate_args=False``) gets a NaN row; the others
+    are unaffected."""
     n_rows = esp.shift.shape[0]
     if k_min == k_max:
         sizes = torch.full((n_samples * n_rows,), k_min, dtype=torch.long, device=esp.shift.device)
@@ -82,132 +97,211 @@ def draw_samples(esp, size_logits, k_min, k_max, n_samples, generator):
         cumulative = torch.cumsum(probs, dim=-1).repeat(n_samples, 1)
         u = 1.0 - torch.rand(cumulative.shape[0], generator=generator, dtype=probs.dtype,
                              device=probs.device)
-        sizes = inverse_cdf(cumulative, u) + k_min
-    return sample_subsets(esp.tables, esp.order, sizes, generator)
+        # a NaN row finds no size; clamped, its draw stays inside the tables (and is NaN below)
+        sizes = inverse_cdf(cumulative, u).clamp_(max=k_max - k_min) + k_min
+    z = sample_subsets(esp.tables, esp.order, sizes, generator)
+    undefined = torch.isnan(esp.log_q).any(-1).repeat(n_samples)
+    return z.masked_fill_(undefined[:, None], float("nan"))
 
 
-def _merge(full: torch.Tensor, rows: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
-    return full.index_put((rows,), part)
-
-
-def _general_forward(theta, phi, k_min, k_max):
-    """``(esp, m)`` by the general path (autograd adjoint of :func:`log_esp`)."""
-    with torch.enable_grad():
-        leaf = theta.detach().requires_grad_()
-        esp, m = _marginals_graph(leaf, phi, k_min, k_max, create_graph=False)
-    return esp._replace(log_q=esp.log_q.detach()), m
-
-
-def _general_backward(theta, size_logits, k_min, k_max, grad_log_q, grad_m, needs_phi,
-                      create_graph):
-    """``(grad_theta, grad_phi or None)`` by differentiating the general path's adjoint."""
-    with torch.enable_grad():
-        th = theta if (create_graph and theta.requires_grad) else theta.detach().requires_grad_()
-        phi = size_logits
-        if phi is not None and not (create_graph and phi.requires_grad):
-            phi = phi.detach().requires_grad_(needs_phi)
-        esp, m = _marginals_graph(th, phi, k_min, k_max, create_graph=True)
-        if not m.requires_grad:  # k_max = 0: nothing depends on the inputs
-            return torch.zeros_like(theta), None if phi is None else torch.zeros_like(phi)
-        inputs = (th, phi) if needs_phi else (th,)
-        grad_log_q = torch.zeros_like(esp.log_q) if grad_log_q is None else grad_log_q
-        grad_m = torch.zeros_like(m) if grad_m is None else grad_m
-        # the cotangents go in as grad_outputs: the inner pass must not walk into their graph
-        grads = torch.autograd.grad((esp.log_q, m), inputs, (grad_log_q, grad_m),
-                                    create_graph=create_graph, allow_unused=True,
-                                    materialize_grads=True)
-    return grads[0], grads[1] if needs_phi else None
-
-
-def _rows(mask: torch.Tensor) -> torch.Tensor:
-    return mask.nonzero().squeeze(-1)
-
-
-def routed_forward(theta, phi, k_min, k_max, with_marginals):
-    r"""``(esp, m or None, plain)`` for detached ``theta`` ``(T, n)``: the fast path on the rows
-    that pass the plain-table check, the general path on the others, merged row by row."""
-    general = _general_forward if with_marginals else _general_tables
-    if k_max == 0:  # the empty subset: nothing for the fast tables to do
-        esp, m = general(theta, phi, k_min, k_max)
-        return esp, m, torch.zeros_like(esp.shift, dtype=torch.bool)
-    shift, n_finite = finite_max(theta)
-    esp, m, plain = fast_forward(theta, phi, k_min, k_max, shift, n_finite, with_marginals)
-    if bool(plain.all()):
-        return esp, m, plain
-    if not bool(plain.any()):
-        esp, m = general(theta, phi, k_min, k_max)
-        return esp, m, plain
-    rows = _rows(~plain)
-    part, m_part = general(theta[rows], None if phi is None else phi[rows], k_min, k_max)
-    identity = torch.arange(theta.shape[-1], device=theta.device).expand_as(theta)
-    # the fast rows are plain (offset 0); the general ones may carry the sorted offsets
-    offset = None if part.offset is None else _merge(
-        part.offset.new_zeros(esp.log_q.shape), rows, part.offset)
-    esp = esp._replace(log_q=_merge(esp.log_q, rows, part.log_q),
-                       tables=[_merge(q.T, rows, q_part.T).T  # position-major levels
-                               for q, q_part in zip(esp.tables, part.tables)],
-                       order=_merge(identity, rows, part.order), offset=offset)
-    return esp, None if m is None else _merge(m, rows, m_part), plain
-
-
-def _general_tables(theta, phi, k_min, k_max):
-    """``(esp, None)``: the general path's tables only (no marginals, no graph)."""
-    with torch.no_grad():
-        return log_esp(theta, k_min, k_max), None
+def _batch_first(t, dim, size):
+    """``t`` with its vmapped dimension first (broadcast to ``size`` when it has none)."""
+    if t is None:
+        return None
+    return t.expand(size, *t.shape) if dim is None else t.movedim(dim, 0)
 
 
 class ESPFunction(torch.autograd.Function):
-    r"""``(log_q, offset, shift, marginals, sample) = ESPFunction.apply(theta, size_logits,
+    r"""``(log_q, offset, shift, marginals, sample, top) = ESPFunction.apply(theta, size_logits,
     k_min, k_max, n_samples, generator)``; see the module docstring (:math:`\ell_j` is
-    ``log_q + offset``, the float64 offset kept apart and without gradient). Rows that pass the plain-table
-    check take :mod:`probmoe_fast.ops.fast_path`; the others (and every double backward) the
-    general path."""
+    ``log_q + offset``, the float64 offset kept apart and without gradient)."""
 
     @staticmethod
-    def forward(ctx, theta, size_logits, k_min, k_max, n_samples, generator):
-        ctx.set_materialize_grads(False)
+    def forward(theta, size_logits, k_min, k_max, n_samples, generator):
+        theta = theta.detach()
         phi = None if size_logits is None else size_logits.detach()
-        esp, m, plain = routed_forward(theta.detach(), phi, k_min, k_max, with_marginals=True)
+        if k_max == 0:  # the empty subset: m = 0 (log Z may still depend on phi_0)
+            esp, m = _empty_band(theta), torch.zeros_like(theta)
+            top = torch.zeros(theta.shape[0], 0, dtype=torch.long, device=theta.device)
+        else:
+            esp, m, top = fast_forward(theta, phi, k_min, k_max)
         if n_samples > 0:
             sample = draw_samples(esp, phi, k_min, k_max, n_samples, generator)
         else:
             sample = theta.new_empty(0)
-        ctx.save_for_backward(theta, size_logits)
-        ctx.band = (k_min, k_max)
-        ctx.plain = plain
-        ctx.shift = esp.shift  # (T,), no gradient; kept beside the saved inputs (1/n their size)
-        offset = (esp.offset if esp.offset is not None
-                  else torch.zeros(esp.log_q.shape, dtype=torch.float64, device=theta.device))
-        ctx.mark_non_differentiable(offset, esp.shift, sample)
-        return esp.log_q, offset, esp.shift, m, sample
+        return esp.log_q, esp.offset, esp.shift, m, sample, top
 
     @staticmethod
-    def backward(ctx, grad_log_q, _grad_offset, _grad_shift, grad_m, _grad_sample):
-        theta, size_logits = ctx.saved_tensors
-        k_min, k_max = ctx.band
-        needs_phi = ctx.needs_input_grad[1]
-        create_graph = torch.is_grad_enabled()
-        plain = ctx.plain
-        if create_graph or not bool(plain.any()):
-            grad_theta, grad_phi = _general_backward(theta, size_logits, k_min, k_max, grad_log_q,
-                                                     grad_m, needs_phi, create_graph)
-        else:
-            with torch.no_grad():
-                grad_theta, grad_phi = fast_backward(theta, size_logits, k_min, k_max, ctx.shift,
-                                                     grad_log_q, grad_m)
-                if not bool(plain.all()):
-                    rows = _rows(~plain)
-                    pick = (lambda t: None if t is None else t[rows])
-                    part_theta, part_phi = _general_backward(
-                        theta[rows], pick(size_logits), k_min, k_max, pick(grad_log_q),
-                        pick(grad_m), needs_phi, False)
-                    grad_theta = _merge(grad_theta, rows, part_theta)
-                    if needs_phi:
-                        grad_phi = _merge(grad_phi, rows, part_phi)
+    def setup_context(ctx, inputs, output):
+        theta, size_logits, k_min, k_max, _, _ = inputs
+        _, offset, shift, _, sample, top = output
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(theta, size_logits, top)
+        ctx.save_for_forward(theta, size_logits, top)
+        ctx.band = (k_min, k_max)
+        ctx.mark_non_differentiable(offset, shift, sample, top)
+
+    @staticmethod
+    def backward(ctx, grad_log_q, _grad_offset, _grad_shift, grad_m, _grad_sample, _grad_top):
+        theta, size_logits, top = ctx.saved_tensors
+        if grad_log_q is None and grad_m is None:
+            return None, None, None, None, None, None
+        grad_theta, grad_phi = CovVJPFunction.apply(theta, size_logits, top, *ctx.band,
+                                                    grad_log_q, grad_m)
         return (grad_theta if ctx.needs_input_grad[0] else None,
-                grad_phi if needs_phi else None, None, None, None, None)
+                grad_phi if ctx.needs_input_grad[1] else None, None, None, None, None)
+
+    @staticmethod
+    def jvp(ctx, theta_dot, size_logits_dot, *_):
+        theta, size_logits, top = ctx.saved_tensors
+        k_min, k_max = ctx.band
+        if k_max == 0:
+            log_q_dot = theta.new_zeros(theta.shape[0], 1)
+            return log_q_dot, None, None, torch.zeros_like(theta), None, None
+        log_q_dot, m_dot = JVPFunction.apply(theta, size_logits, top, k_min, k_max, theta_dot,
+                                             size_logits_dot)
+        return log_q_dot, None, None, m_dot, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, theta, size_logits, k_min, k_max, n_samples, generator):
+        size = info.batch_size
+        theta = _batch_first(theta, in_dims[0], size)
+        n_rows = theta.shape[1]
+        phi = _batch_first(size_logits, in_dims[1], size)
+        outs = ESPFunction.apply(theta.flatten(0, 1), None if phi is None else phi.flatten(0, 1),
+                                 k_min, k_max, n_samples, generator)
+        log_q, offset, shift, m, sample, top = (t.unflatten(0, (size, n_rows)) if i != 4 else t
+                                                for i, t in enumerate(outs))
+        if n_samples > 0:  # (S * B * T, n) -> (B, S * T, n): draw r of each batch from row r mod T
+            sample = sample.unflatten(0, (n_samples, size, n_rows)).movedim(1, 0).flatten(1, 2)
+        else:
+            sample = sample.new_empty(size, 0)
+        return (log_q, offset, shift, m, sample, top), (0, 0, 0, 0, 0, 0)
+
+
+def _leaf(t, create_graph):
+    """``t`` itself where its graph is to be recorded, else a fresh leaf (None stays None)."""
+    if t is None:
+        return None
+    return t if (create_graph and t.requires_grad) else t.detach().requires_grad_()
+
+
+def _third_order(theta, size_logits, k_min, k_max, grad_log_q, grad_m, u_theta, u_phi,
+                 create_graph):
+    r"""The derivatives of :math:`\langle u_\theta, \bar\theta\rangle + \langle u_\phi,
+    \bar\phi\rangle` in ``(theta, size_logits, grad_log_q, grad_m)`` through the general path."""
+    with torch.enable_grad():
+        th, phi = _leaf(theta, create_graph), _leaf(size_logits, create_graph)
+        g_log_q, g_m = _leaf(grad_log_q, create_graph), _leaf(grad_m, create_graph)
+        esp = log_esp(th, k_min, k_max)
+        log_z = log_partition(esp.log_q, esp.shift, k_min, phi, esp.offset)
+        (m,) = torch.autograd.grad(log_z.sum(), th, create_graph=True)
+        first = th.new_zeros(())
+        if g_log_q is not None:  # levels with e_j = 0 are -inf and carry no gradient
+            finite = torch.isfinite(esp.log_q)
+            first = first + torch.where(finite, esp.log_q, torch.zeros_like(esp.log_q)).mul(
+                g_log_q).sum()
+        if g_m is not None:
+            first = first + (m * g_m).sum()
+        wrt = (th,) if phi is None else (th, phi)
+        grads = torch.autograd.grad(first, wrt, create_graph=True, allow_unused=True,
+                                    materialize_grads=True)
+        second = th.new_zeros(())
+        if u_theta is not None:
+            second = second + (grads[0] * u_theta).sum()
+        if u_phi is not None and phi is not None:
+            second = second + (grads[1] * u_phi).sum()
+        inputs = [t for t in (th, phi, g_log_q, g_m) if t is not None]
+        if not second.requires_grad:
+            return tuple(torch.zeros_like(t) for t in inputs), (th, phi, g_log_q, g_m)
+        out = torch.autograd.grad(second, inputs, create_graph=create_graph, allow_unused=True,
+                                  materialize_grads=True)
+    return out, (th, phi, g_log_q, g_m)
+
+
+class CovVJPFunction(torch.autograd.Function):
+    r"""``(grad_theta, grad_size_logits) = CovVJPFunction.apply(theta, size_logits, top, k_min,
+    k_max, grad_log_q, grad_m)``: the backward of :class:`ESPFunction` (``grad_size_logits`` is
+    an empty tensor when ``size_logits`` is None)."""
+
+    @staticmethod
+    def forward(theta, size_logits, top, k_min, k_max, grad_log_q, grad_m):
+        if k_max == 0:  # nothing depends on theta, and m = 0 does not depend on phi
+            grad_phi = theta.new_empty(0) if size_logits is None else torch.zeros_like(size_logits)
+            return torch.zeros_like(theta), grad_phi
+        detach = (lambda t: None if t is None else t.detach())
+        grad_theta, grad_phi = fast_backward(theta.detach(), detach(size_logits), k_min, k_max,
+                                             top, detach(grad_log_q), detach(grad_m))
+        return grad_theta, theta.new_empty(0) if grad_phi is None else grad_phi
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        theta, size_logits, top, k_min, k_max, grad_log_q, grad_m = inputs
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(theta, size_logits, grad_log_q, grad_m)
+        ctx.band = (k_min, k_max)
+        if size_logits is None:
+            ctx.mark_non_differentiable(output[1])
+
+    @staticmethod
+    def backward(ctx, u_theta, u_phi):
+        theta, size_logits, grad_log_q, grad_m = ctx.saved_tensors
+        k_min, k_max = ctx.band
+        if k_max == 0 or (u_theta is None and u_phi is None):
+            return None, None, None, None, None, None, None
+        out, (th, phi, g_log_q, g_m) = _third_order(
+            theta, size_logits, k_min, k_max, grad_log_q, grad_m, u_theta,
+            None if size_logits is None else u_phi, torch.is_grad_enabled())
+        grads = iter(out)
+        picked = [next(grads) if t is not None else None for t in (th, phi, g_log_q, g_m)]
+        return picked[0], picked[1], None, None, None, picked[2], picked[3]
+
+    @staticmethod
+    def vmap(info, in_dims, theta, size_logits, top, k_min, k_max, grad_log_q, grad_m):
+        size = info.batch_size
+        dims = dict(zip(("theta", "phi", "top", "gl", "gm"),
+                        (in_dims[0], in_dims[1], in_dims[2], in_dims[5], in_dims[6])))
+        theta = _batch_first(theta, dims["theta"], size)
+        n_rows = theta.shape[1]
+        flat = (lambda t, d: None if t is None else _batch_first(t, d, size).flatten(0, 1))
+        grad_theta, grad_phi = CovVJPFunction.apply(
+            theta.flatten(0, 1), flat(size_logits, dims["phi"]), flat(top, dims["top"]), k_min,
+            k_max, flat(grad_log_q, dims["gl"]), flat(grad_m, dims["gm"]))
+        grad_theta = grad_theta.unflatten(0, (size, n_rows))
+        grad_phi = (grad_phi.new_empty(size, 0) if size_logits is None
+                    else grad_phi.unflatten(0, (size, n_rows)))
+        return (grad_theta, grad_phi), (0, 0)
+
+
+class JVPFunction(torch.autograd.Function):
+    r"""``(log_q_dot, m_dot) = JVPFunction.apply(theta, size_logits, top, k_min, k_max,
+    theta_dot, size_logits_dot)``: the forward-mode rule of :class:`ESPFunction` as a Function
+    with a ``vmap`` rule (``torch.func.jacfwd`` vmaps it over the tangents); not differentiable
+    itself."""
+
+    @staticmethod
+    def forward(theta, size_logits, top, k_min, k_max, theta_dot, size_logits_dot):
+        detach = (lambda t: None if t is None else t.detach())
+        return fast_jvp(theta.detach(), detach(size_logits), k_min, k_max, top, detach(theta_dot),
+                        detach(size_logits_dot))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.mark_non_differentiable(*output)
+
+    @staticmethod
+    def vmap(info, in_dims, theta, size_logits, top, k_min, k_max, theta_dot, size_logits_dot):
+        size = info.batch_size
+        theta = _batch_first(theta, in_dims[0], size)
+        n_rows = theta.shape[1]
+        flat = (lambda t, d: None if t is None else _batch_first(t, d, size).flatten(0, 1))
+        outs = JVPFunction.apply(theta.flatten(0, 1), flat(size_logits, in_dims[1]),
+                                 flat(top, in_dims[2]), k_min, k_max, flat(theta_dot, in_dims[5]),
+                                 flat(size_logits_dot, in_dims[6]))
+        return tuple(t.unflatten(0, (size, n_rows)) for t in outs), (0, 0)
 
 
 def esp_forward(theta, k_min, k_max, size_logits=None, n_samples=0, generator=None):
-    r"""Apply :class:`ESPFunction` to ``theta`` ``(T, n)`` (float32/float64)."""
-    return ESPFunction.apply(theta, size_logits, k_min, k_max, n_samples, generator)
+    r"""``(log_q, offset, shift, marginals, sample)`` of :class:`ESPFunction` for ``theta``
+    ``(T, n)`` (float32/float64)."""
+    return ESPFunction.apply(theta, size_logits, k_min, k_max, n_samples, generator)[:5]

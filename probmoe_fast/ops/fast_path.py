@@ -1,13 +1,18 @@
-r"""The analytic fast path of :class:`~probmoe_fast.ops.esp_function.ESPFunction` for the rows
-that pass the plain-table check of :mod:`probmoe_fast._core.esp` (the common case); the caller
-recomputes the other rows with the general path.
+r"""The analytic fast path of :class:`~probmoe_fast.ops.esp_function.ESPFunction`, for every
+row at every spread and size: forward, the exact vector–Jacobian product and the exact
+Jacobian–vector product.
 
-Forward (expert-major tables of :mod:`probmoe_fast._core.expert_major`, :math:`w = e^{\theta-c}`):
-:math:`\ell_j = \log P_{n,j}`, :math:`\log Z = \operatorname{logsumexp}_j(\phi_j + jc + \ell_j)`,
-terminal weights :math:`\gamma_j = e^{\phi_j + jc - \log Z}` (so :math:`B_{0,0} = 1`; formed
-from the relative scores of :mod:`probmoe_fast._core.partition`) and
+Tables (:mod:`probmoe_fast._core.expert_major`) in the table order of
+:mod:`probmoe_fast._core.levels` (the top :math:`K` first), with the per-level normalised
+multipliers :math:`\mu_{l,a}` and the static gauge, so that every entry is representable in
+float32 whatever the spread of the logits and up to :math:`\binom{256}{32} \approx e^{94}`.
+Forward: :math:`\ell_j = \log P_{n,j} + o_j` (:math:`o_j` from
+:func:`~probmoe_fast._core.levels.level_offsets`, float64),
+:math:`\log Z = \operatorname{logsumexp}_j(\phi_j + jc + \ell_j)`, terminal weights
+:math:`\gamma_j = e^{\phi_j + jc + o_j - \log Z} = p_j / P_{n,j}` (so :math:`B_{0,0} = 1`;
+formed from the relative scores of :mod:`probmoe_fast._core.partition`) and
 
-.. math::  m_l = w_l \sum_a P_{l,a} B_{l+1,a+1}.
+.. math::  m_l = \sum_a P_{l,a}\, \mu_{l,a+1} B_{l+1,a+1}.
 
 Backward for cotangents :math:`(\bar\ell, v)`, from the tilted tables (:math:`B'` carries the
 terminal weights :math:`\bar\ell_j / P_{n,j}`, which add :math:`\sum_j \bar\ell_j
@@ -15,32 +20,42 @@ terminal weights :math:`\bar\ell_j / P_{n,j}`, which add :math:`\sum_j \bar\ell_
 
 .. math::
 
-    \bar\theta_l = v_l m_l + w_l \sum_a (P'_{l,a} B_{l+1,a+1} + P_{l,a} B'_{l+1,a+1})
-                   - m_l (m \cdot v), \qquad
+    \bar\theta_l = v_l m_l + s'_l - m_l (m \cdot v), \qquad
     \bar\phi_j = \gamma_j P'_{n,j} - (m \cdot v)\, p_j,
 
 i.e. :math:`\mathrm{Cov}(z) v = E[z (z \cdot v)] - m (m \cdot v)` and
 :math:`\partial (v \cdot m) / \partial \phi_j = \mathrm{Cov}(z \cdot v, [|S| = j])`.
-Masked experts have :math:`w_l = 0`, hence exactly zero marginals and gradients.
+The Jacobian–vector product for tangents :math:`(u, \dot\phi)` runs the same tables with
+:math:`v = u` and :math:`B'` terminal weights :math:`\gamma_j \dot\phi_j`:
 
-Cost: forward :math:`2n` fused ops on ``(K, T)`` slabs (the prefix table and the streamed
-completion, :func:`~probmoe_fast._core.expert_major.pair_sums`) plus two ops per chunk of
-positions for the pairing; backward :math:`4n` such ops plus three per chunk (the prefix and
-completion tables are recomputed, never saved, the tilted ones alongside). Transient memory:
-one ``(n+1, K+1, T)`` table forward (it is the sampler's), two backward, plus ``O(nT)``.
+.. math::
+
+    \dot\ell_j = P'_{n,j} / P_{n,j} = E[z \cdot u \mid |S| = j], \qquad
+    \dot m_l = u_l m_l + s'_l - m_l (m \cdot u + p \cdot \dot\phi)
+
+(:math:`\mathrm{Cov}(z)` is symmetric, so :math:`\dot m` is the backward's product with
+:math:`u`, plus the size-logit term). Masked experts have :math:`\mu_{l,\cdot} = 0`, hence
+exactly zero marginals and gradients.
+
+Cost: forward one ``torch.topk``, :math:`O(Tn)` for the layout and the multipliers, then
+:math:`2n` fused ops on ``(K, T)`` slabs (the prefix table and the streamed completion,
+:func:`~probmoe_fast._core.expert_major.pair_sums`) plus three ops per chunk of positions for
+the pairing; backward and JVP :math:`4n` such ops plus four per chunk (the layout comes from the
+saved top indices; the tables are recomputed, never saved, the tilted ones alongside).
+Transient memory: the ``(n, K, T)`` multipliers and one ``(n+1, K+1, T)`` table forward (it is
+the sampler's), two of each backward, plus ``O(nT)``.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .._core import expert_major as em
-from .._core.esp import ESP, plain_rows
+from .._core.esp import ESP
+from .._core.levels import level_offsets, multipliers, static_gauge, table_layout, top_indices
 from .._core.partition import size_scores
 
-__all__ = ["fast_forward", "fast_backward"]
+__all__ = ["fast_forward", "fast_backward", "fast_jvp"]
 
 
 def _terminal(values: torch.Tensor, k_min: int, k_max: int) -> torch.Tensor:
@@ -50,66 +65,96 @@ def _terminal(values: torch.Tensor, k_min: int, k_max: int) -> torch.Tensor:
     return out
 
 
-def _weights(theta, shift):
-    r"""Expert-major weights :math:`e^{\theta - c}` ``(n, T)``."""
-    # one fresh (n, T) buffer (clone: .contiguous() may return theta itself), transposed once
-    return theta.T.clone(memory_format=torch.contiguous_format).sub_(shift).exp_()
+def _setup(theta, k_min, k_max, top):
+    """``(layout, mu, offset)`` for detached ``theta`` and its top experts ``top``."""
+    layout = table_layout(theta, top)
+    q = static_gauge(theta.shape[-1], k_max, theta.dtype, theta.device)
+    mu = multipliers(layout.xs, layout.rho, q)
+    return layout, mu, level_offsets(layout.rho, layout.shift, q, k_min, k_max)
 
 
-def _tables(theta, shift, k_min, k_max):
-    w = _weights(theta, shift)
-    table = em.prefix(w, k_max)
-    return w, table, table[-1, k_min:].T
+def _band_weights(last, shift, k_min, size_logits, offset):
+    """``(log_q, gamma, p, keep)`` ``(T, L)`` from the band's last-prefix values."""
+    keep = last > 0
+    safe = torch.where(keep, last, torch.ones_like(last))
+    log_q = torch.log(last)  # -inf where e_j = 0, NaN on a NaN row (validation off)
+    # gamma_j = e^{phi_j + jc + o_j - log Z} = p_j / P_{n,j}, with p = softmax of the relative
+    # scores of probmoe_fast._core.partition (no large offset ever enters an exponent)
+    p = torch.softmax(size_scores(log_q, shift, k_min, size_logits, offset), dim=-1)
+    gamma = torch.where(keep, p / safe, torch.zeros_like(last))
+    return log_q, gamma, p, keep
 
 
-def _band_weights(last, keep, shift, k_min, size_logits):
-    """``(log_e, gamma, p)`` ``(T, L)`` from the band's last-prefix values."""
-    log_e = torch.where(keep, torch.log(torch.where(keep, last, torch.ones_like(last))),
-                        torch.full_like(last, -math.inf))
-    # gamma_j = e^{phi_j + jc - log Z} = p_j / P_{n,j}, with p = softmax of the relative scores
-    # of probmoe_fast._core.partition (no large offset ever enters an exponent)
-    p = torch.softmax(size_scores(log_e, shift, k_min, size_logits), dim=-1)
-    gamma = torch.where(keep, p / torch.where(keep, last, torch.ones_like(last)),
-                        torch.zeros_like(last))
-    return log_e, gamma, p
+def _expert_order(table_major: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """``(T, n)`` in expert order from ``(n, T)`` in table order."""
+    return table_major.T.gather(-1, position)
 
 
-def fast_forward(theta, size_logits, k_min, k_max, shift, n_finite, with_marginals=True):
-    r"""``(ESP, m or None, plain)``: the fast path on every row; ``plain`` ``(T,)`` marks the rows
-    whose results are exact (the others need the sorted table and must be recomputed by the
-    caller). Without ``with_marginals`` only the prefix table is built (enough to sample)."""
-    w, table, last = _tables(theta, shift, k_min, k_max)
-    keep, plain = plain_rows(last, n_finite, k_min)
-    log_e, gamma, _ = _band_weights(last, keep, shift, k_min, size_logits)
+def fast_forward(theta, size_logits, k_min, k_max, with_marginals=True):
+    r"""``(ESP, m or None, top)`` for detached ``theta`` ``(T, n)`` (``k_max >= 1``); ``top``
+    ``(T, k_max)`` are the top experts the backward lays the tables out with again. Without
+    ``with_marginals`` only the prefix table is built (enough to sample)."""
+    top = top_indices(theta, k_max)
+    layout, mu, offset = _setup(theta, k_min, k_max, top)
+    table = em.prefix(mu, k_max)
+    log_q, gamma, _, _ = _band_weights(table[-1, k_min:].T, layout.shift, k_min, size_logits,
+                                       offset)
     m = None
     if with_marginals:
-        # (T, n) contiguous: a transposed view makes every later elementwise op ~10x slower
-        m = em.pair_sums(w, table, _terminal(gamma, k_min, k_max)).mul_(w).T.contiguous()
-    levels = [table[1:, j] for j in range(k_max + 1)]  # position-major (n, T)
-    return ESP(log_e, shift, levels, None), m, plain
+        s = em.pair_sums(mu, table, _terminal(gamma, k_min, k_max))
+        m = _expert_order(s, layout.position)
+    levels = [table[1:, j] for j in range(k_max + 1)]  # position-major (n, T), table order
+    return ESP(log_q, layout.shift, levels, layout.order, offset), m, top
 
 
-def fast_backward(theta, size_logits, k_min, k_max, shift, grad_log_e, grad_m):
-    r"""``(grad_theta, grad_size_logits)`` for cotangents ``grad_log_e`` ``(T, L)`` (or None)
-    and ``grad_m`` ``(T, n)`` (or None); see the module docstring."""
-    w = _weights(theta, shift)
-    v = torch.zeros_like(w) if grad_m is None else grad_m.T.contiguous()
-    wv = w * v
-    front = em.prefix_with_tilt(w, wv, k_max)
+def _tilted(theta, size_logits, k_min, k_max, top, v, extra):
+    r"""The tilted tables along ``v`` ``(T, n)`` (expert order): ``(layout, m, s', P'_n, P_n,
+    gamma, p, keep, v in table order)``, with :math:`B'` terminal weights
+    ``extra(last, keep, gamma)``."""
+    layout, mu, offset = _setup(theta, k_min, k_max, top)
+    v_table = v.gather(-1, layout.order).T.contiguous()  # (n, T)
+    mu_v = mu * v_table[:, None]
+    front = em.prefix_with_tilt(mu, mu_v, k_max)
     last = front[-1, 0, k_min:].T
-    keep = last > 0
-    _, gamma, p = _band_weights(last, keep, shift, k_min, size_logits)
-    if grad_log_e is None:
-        extra = torch.zeros_like(gamma)
-    else:
-        extra = torch.where(keep, grad_log_e / torch.where(keep, last, torch.ones_like(last)),
-                            torch.zeros_like(last))
-    s, s_tilt = em.tilted_pair_sums(w, wv, front, _terminal(gamma, k_min, k_max),
-                                    _terminal(extra, k_min, k_max))
-    m = s.mul_(w)  # (n, T), in place in the (2, n, T) result
-    m_dot_v = (m * v).sum(0)
-    grad = s_tilt.mul_(w).addcmul_(v, m).sub_(m * m_dot_v)
+    _, gamma, p, keep = _band_weights(last, layout.shift, k_min, size_logits, offset)
+    s, s_tilt = em.tilted_pair_sums(mu, mu_v, front, _terminal(gamma, k_min, k_max),
+                                    _terminal(extra(last, keep, gamma), k_min, k_max))
+    return layout, s, s_tilt, front[-1, 1, k_min:].T, last, gamma, p, keep, v_table
+
+
+def fast_backward(theta, size_logits, k_min, k_max, top, grad_log_q, grad_m):
+    r"""``(grad_theta, grad_size_logits)`` for cotangents ``grad_log_q`` ``(T, L)`` (or None)
+    and ``grad_m`` ``(T, n)`` (or None); see the module docstring."""
+    v = torch.zeros_like(theta) if grad_m is None else grad_m
+
+    def extra(last, keep, gamma):
+        if grad_log_q is None:
+            return torch.zeros_like(gamma)
+        return torch.where(keep, grad_log_q / torch.where(keep, last, torch.ones_like(last)),
+                           torch.zeros_like(last))
+    layout, m, s_tilt, tilt_last, _, gamma, p, _, v_table = _tilted(
+        theta, size_logits, k_min, k_max, top, v, extra)
+    m_dot_v = (m * v_table).sum(0)
+    grad = s_tilt.addcmul_(v_table, m).sub_(m * m_dot_v)
     grad_phi = None
     if size_logits is not None:
-        grad_phi = gamma * front[-1, 1, k_min:].T - m_dot_v.unsqueeze(-1) * p
-    return grad.T.contiguous(), grad_phi
+        grad_phi = gamma * tilt_last - m_dot_v.unsqueeze(-1) * p
+    return _expert_order(grad, layout.position), grad_phi
+
+
+def fast_jvp(theta, size_logits, k_min, k_max, top, theta_dot, size_logits_dot):
+    r"""``(log_q_dot (T, L), m_dot (T, n))`` for tangents ``theta_dot`` ``(T, n)`` (or None)
+    and ``size_logits_dot`` ``(T, L)`` (or None); see the module docstring."""
+    u = torch.zeros_like(theta) if theta_dot is None else theta_dot
+
+    def extra(last, keep, gamma):
+        return torch.zeros_like(gamma) if size_logits_dot is None else gamma * size_logits_dot
+    layout, m, s_tilt, tilt_last, last, _, p, keep, u_table = _tilted(
+        theta, size_logits, k_min, k_max, top, u, extra)
+    mean = (m * u_table).sum(0)
+    if size_logits_dot is not None:
+        mean = mean + (p * size_logits_dot).sum(-1)
+    m_dot = s_tilt.addcmul_(u_table, m).sub_(m * mean)
+    log_q_dot = torch.where(keep, tilt_last / torch.where(keep, last, torch.ones_like(last)),
+                            torch.zeros_like(last))
+    return log_q_dot, _expert_order(m_dot, layout.position)
