@@ -26,14 +26,16 @@ from typing import Callable
 import torch
 
 from . import cases as grid
-from .checks import backward, estimator, sampling, values
+from .checks import backward, entropy, estimator, hessian, layer, sampling, values
 from .context import Context, NotApplicable
 from .report import Report, Row
 
 __all__ = ["check_exact_k", "check_dynamic_k", "FAMILY_ALPHA", "CHECKS"]
 
 FAMILY_ALPHA = 1e-3
-CHECKS = ("values", "backward", "sampling", "estimator")
+CHECKS = ("values", "backward", "hessian", "entropy", "sampling", "estimator", "layer")
+_PER_CASE = {"values": values.run, "backward": backward.run, "hessian": hessian.run,
+             "entropy": entropy.run, "sampling": sampling.run}
 
 
 @dataclass(frozen=True)
@@ -48,12 +50,14 @@ def _plan(band: bool, quick: bool, seed: int, has_route: bool) -> list[_Task]:
     main = grid.band_grid(quick, seed) if band else grid.exact_k_grid(quick, seed)
     tasks = []
     for case in main:
-        tasks.append(_Task("values", case, 0, values.run))
-        if not case.values_only:
-            tasks.append(_Task("backward", case, 0, backward.run))
-            tasks.append(_Task("sampling", case, sampling.n_tests(case), sampling.run))
+        for check in grid.PER_CASE_CHECKS:
+            if case.runs(check):
+                n_tests = sampling.n_tests(case) if check == "sampling" else 0
+                tasks.append(_Task(check, case, n_tests, _PER_CASE[check]))
     for case in grid.estimator_grid(band, quick, seed):
         tasks.append(_Task("estimator", case, 1 if has_route else 0, estimator.run))
+    for case in grid.layer_grid(band, quick, seed):
+        tasks.append(_Task("layer", case, 0, layer.run))
     return tasks
 
 

@@ -11,7 +11,6 @@ r"""DESIGN.md §6 tolerances, per row, as the checks apply them.
   :math:`\varepsilon_{\text{dtype}} |\mathrm{Cov}\,v|` for half/bfloat16 logits, whose gradient
   comes back rounded to that dtype.  This is the harness's choice: §6 bounds values, not
   gradients; the factor covers accumulating n Jacobian entries.
-
 * **Entropy** (absolute): :math:`10^{-11} \max(1, |H|) + 10^{-14} s` for float64 (the
   harness's choice: §6 states the float32 bar; the sums that cancel are k × spread); for float32
   :math:`10^{-5} \max(1, |H|) + 10^{-8} s` (§6), :math:`s` the row's finite spread; and never
@@ -20,10 +19,10 @@ r"""DESIGN.md §6 tolerances, per row, as the checks apply them.
   :math:`10^{-8} s` for float32 (the harness's choice: :math:`\log P(S) = \sum_{i \in S}
   \theta_i + \phi_{|S|} - \log Z` inherits log Z's bar, and its sum of logits float32's
   spread allowance); float64 as the entropy.
-* **Hessian-vector products** :math:`\partial_\theta(\mathrm{Cov}\,v)^\top w`: the VJP bar
-  with :math:`\lVert v \rVert` replaced by :math:`\max(1, \lVert v \rVert_2)
-  \max(1, \lVert w \rVert_2)` and the factor :math:`10` squared (one more accumulation of n
-  terms, harness's choice as above).
+* **Hessian-vector products** :math:`\partial_\theta(\mathrm{Cov}\,v)^\top w`, the derivative
+  of the VJP along :math:`w`: the VJP bar times :math:`\max(1, \lVert w \rVert_\infty)`
+  (harness's choice, as above; correct float32 code stays ~1000× inside it: 1.9e-6 at
+  n = 256, k = 32 against 4.8e-3, float64 3.7e-15 against 4.8e-9).
 
 ``k`` is ``k_max`` for Dynamic-k.  Cost: :math:`O(Bn)` per call.
 """
@@ -86,8 +85,8 @@ def hvp_tol(logits: np.ndarray, k: int, dtype: torch.dtype, v: np.ndarray,
     r"""``(B,)`` absolute tolerance on each row's Hessian-vector product
     :math:`\partial_\theta (\mathrm{Cov}\, v)^\top w` (``v``, ``w`` ``(B, n)``; exact value
     ``expected`` ``(B, n)``)."""
-    scale = np.maximum(1.0, np.linalg.norm(v, axis=-1)) * np.maximum(1.0, np.linalg.norm(w, axis=-1))
-    tol = GRAD_FACTOR ** 2 * marginal_tol(logits, k, dtype) * scale
+    scale = np.maximum(1.0, np.linalg.norm(v, axis=-1)) * np.maximum(1.0, np.abs(w).max(axis=-1))
+    tol = GRAD_FACTOR * marginal_tol(logits, k, dtype) * scale
     if dtype in (torch.float16, torch.bfloat16):
         tol = tol + torch.finfo(dtype).eps * np.abs(expected).max(axis=-1)
     return tol
