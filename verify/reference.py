@@ -118,7 +118,7 @@ def entropy(d) -> float:
 
 
 def log_prob(d, masks: np.ndarray) -> np.ndarray:
-    """``(S,)`` float64 :math:`\log P(S)` of the 0/1 masks ``(S, n)`` (``d`` one row)."""
+    r"""``(S,)`` float64 :math:`\log P(S)` of the 0/1 masks ``(S, n)`` (``d`` one row)."""
     return _f64(d.log_prob(masks))
 
 
