@@ -4,7 +4,8 @@ A run plans every (check, case) task first, counts its statistical tests :math:`
 level :math:`\alpha / M` (Bonferroni, so the run's family-wise false-alarm rate is at most
 :math:`\alpha`, 1e-3 by default), then runs the tasks in order.  Statistical tests per task:
 ``sampling`` one or two per random batch row (:func:`verify.checks.sampling.n_tests`),
-``estimator`` one per case; ``values`` and ``backward`` are deterministic tolerance checks.  A
+``estimator`` one per case; ``values``, ``backward``, ``hessian``, ``entropy`` and ``layer``
+are deterministic (tolerance or finiteness) checks.  A
 quick Exact-k run holds 17 statistical tests (``python -m verify`` gives each family half of
 1e-3, so about 3e-5 each), a full one 56 (about 9e-6 each).
 
@@ -12,8 +13,9 @@ Every check compares the implementation to :mod:`probmoe_ref`, never to itself. 
 raised by the implementation fails that task's row with the exception text; a check the
 implementation cannot be asked (no ``route``, no ``size_logits``) is "n/a", never "pass".
 
-Cost (2 shared CPU cores): a quick family takes 2–15 s, a full one 1–2 minutes, mostly the
-reference's arbitrary-precision covariance at n = 256 and the samplers' 10⁴–10⁵ draws per case.
+Cost (2 CPU cores): a quick family takes about 20 s, a full one a few minutes, mostly the
+reference's arbitrary-precision marginals at n = 256 (for the backward's and the Hessian's finite
+differences) and the samplers' 10⁴–10⁵ draws per case.
 """
 
 from __future__ import annotations
