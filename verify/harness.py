@@ -4,7 +4,8 @@ A run plans every (check, case) task first, counts its statistical tests :math:`
 level :math:`\alpha / M` (Bonferroni, so the run's family-wise false-alarm rate is at most
 :math:`\alpha`, 1e-3 by default), then runs the tasks in order.  Statistical tests per task:
 ``sampling`` one or two per random batch row (:func:`verify.checks.sampling.n_tests`),
-``estimator`` one per case; ``values`` and ``backward`` are deterministic tolerance checks.  A
+``estimator`` one per case; ``values``, ``backward``, ``hessian``, ``entropy`` and ``layer``
+are deterministic (tolerance or finiteness) checks.  A
 quick Exact-k run holds 17 statistical tests (``python -m verify`` gives each family half of
 1e-3, so about 3e-5 each), a full one 56 (about 9e-6 each).
 
@@ -12,8 +13,9 @@ Every check compares the implementation to :mod:`probmoe_ref`, never to itself. 
 raised by the implementation fails that task's row with the exception text; a check the
 implementation cannot be asked (no ``route``, no ``size_logits``) is "n/a", never "pass".
 
-Cost (2 shared CPU cores): a quick family takes 2–15 s, a full one 1–2 minutes, mostly the
-reference's arbitrary-precision covariance at n = 256 and the samplers' 10⁴–10⁵ draws per case.
+Cost (2 CPU cores): a quick family takes about 20 s, a full one a few minutes, mostly the
+reference's arbitrary-precision marginals at n = 256 (for the backward's and the Hessian's finite
+differences) and the samplers' 10⁴–10⁵ draws per case.
 """
 
 from __future__ import annotations
@@ -26,14 +28,16 @@ from typing import Callable
 import torch
 
 from . import cases as grid
-from .checks import backward, estimator, sampling, values
+from .checks import backward, entropy, estimator, hessian, layer, sampling, values
 from .context import Context, NotApplicable
 from .report import Report, Row
 
 __all__ = ["check_exact_k", "check_dynamic_k", "FAMILY_ALPHA", "CHECKS"]
 
 FAMILY_ALPHA = 1e-3
-CHECKS = ("values", "backward", "sampling", "estimator")
+CHECKS = ("values", "backward", "hessian", "entropy", "sampling", "estimator", "layer")
+_PER_CASE = {"values": values.run, "backward": backward.run, "hessian": hessian.run,
+             "entropy": entropy.run, "sampling": sampling.run}
 
 
 @dataclass(frozen=True)
@@ -48,12 +52,14 @@ def _plan(band: bool, quick: bool, seed: int, has_route: bool) -> list[_Task]:
     main = grid.band_grid(quick, seed) if band else grid.exact_k_grid(quick, seed)
     tasks = []
     for case in main:
-        tasks.append(_Task("values", case, 0, values.run))
-        if not case.values_only:
-            tasks.append(_Task("backward", case, 0, backward.run))
-            tasks.append(_Task("sampling", case, sampling.n_tests(case), sampling.run))
+        for check in grid.PER_CASE_CHECKS:
+            if case.runs(check):
+                n_tests = sampling.n_tests(case) if check == "sampling" else 0
+                tasks.append(_Task(check, case, n_tests, _PER_CASE[check]))
     for case in grid.estimator_grid(band, quick, seed):
         tasks.append(_Task("estimator", case, 1 if has_route else 0, estimator.run))
+    for case in grid.layer_grid(band, quick, seed):
+        tasks.append(_Task("layer", case, 0, layer.run))
     return tasks
 
 

@@ -1,5 +1,7 @@
 """The case grid covers DESIGN.md §6's regimes and sizes, and every case is a valid input."""
 
+from math import comb
+
 import numpy as np
 import pytest
 
@@ -56,3 +58,32 @@ def test_statistical_rows_skip_point_masses_only():
     assert sampling.statistical_rows(cases.Case("k=0", theta, k=0)) == []
     assert sampling.statistical_rows(cases.Case("k=2", theta[[0, 2]], k=2)) == [0]
     assert sampling.statistical_rows(cases.Case("band", theta, k_min=1, k_max=3)) == [0, 2]
+
+
+def _names(grid, check):
+    return {c.name for c in grid if c.runs(check)}
+
+
+def test_quick_grid_holds_issue_11s_classes_at_the_largest_sizes():
+    exact, band = cases.exact_k_grid(True, 0), cases.band_grid(True, 0)
+    for check in ("values", "backward", "hessian", "entropy"):
+        names = _names(exact, check)
+        assert {"n=256 k=32 confident", "n=256 k=32 near-uniform", "n=256 k=32 tied-all",
+                "n=96 k=20 near-uniform"} <= names, check
+    assert {"n=256 k=1..32 near-uniform", "n=256 k=1..32 tied-all"} <= _names(band, "values")
+    assert "n=64 k=8 top10000" in _names(exact, "entropy")
+    assert cases.layer_grid(False, True, 0)[0].n == 256
+
+
+def test_tied_rows_overflow_float32_and_confident_rows_are_confident():
+    exact = {c.name: c for c in cases.exact_k_grid(True, 0)}
+    tied = exact["n=256 k=32 tied-all"].logits
+    assert (tied == 0).all() and np.log(float(comb(256, 32))) > np.log(np.finfo(np.float32).max)
+    crowd = exact["n=256 k=32 confident"].logits[0]
+    assert (np.sort(crowd)[-2:] > 3.0).all() and np.median(crowd) < 1.0
+
+
+def test_logits_lie_on_the_grid_the_finite_differences_need():
+    for case in cases.exact_k_grid(False, 0) + cases.band_grid(False, 0):
+        finite = case.logits[np.isfinite(case.logits)]
+        assert np.array_equal(np.round(finite / cases.GRID) * cases.GRID, finite), case.name

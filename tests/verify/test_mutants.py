@@ -65,7 +65,7 @@ def test_independent_bernoulli_backward_is_caught(family):
     grid = (verify.cases.band_grid if family == "dynamic" else verify.cases.exact_k_grid)(True, 0)
     report = check(getattr(mut, f"diag_backward_{family}"), quick=True, checks=("backward",))
     assert not report.ok
-    for case in (c for c in grid if not c.values_only):
+    for case in (c for c in grid if c.runs("backward")):
         statuses = {r.status for r in report.rows if r.case == case.name}
         if sampling.statistical_rows(case):      # a random subset: Cov != diag(m(1-m))
             assert "fail" in statuses, case.name
@@ -92,9 +92,13 @@ def test_wrong_routing_estimator_is_caught(route):
 @pytest.mark.parametrize("family,seed", [("exact", 0), ("exact", 1), ("exact", 2),
                                          ("dynamic", 0), ("dynamic", 1), ("dynamic", 2)])
 def test_real_implementation_passes(family, seed):
-    # Each run's false-alarm probability is at most 1e-3 by design; seeds are fixed.
+    # Each run's false-alarm probability is at most 1e-3 by design; seeds are fixed.  Seed 0
+    # runs every check; seeds 1 and 2 (other logits, other draws) skip the derivative checks,
+    # whose reference finite differences are most of a quick run's cost.
     check, factory = FAMILIES[family]
-    report = check(factory, quick=True, seed=seed)
+    checks = verify.CHECKS if seed == 0 else ("values", "entropy", "sampling", "estimator",
+                                              "layer")
+    report = check(factory, quick=True, seed=seed, checks=checks)
     assert report.ok, "\n".join(report.failures)
     assert report.counts()["n/a"] == 0                # our own route is found and checked
     assert _rows(report, "route estimator")[0].status == "pass"
