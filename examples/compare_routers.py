@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import probmoe_fast as pf
+from run_report import loss_verdicts, make_progress, mean_std, plot_curves, print_table
 from synthetic_topics import TopicMarkovLanguage
 
 
@@ -120,54 +121,6 @@ def train_one(name: str, config: dict, seed: int, args, language: TopicMarkovLan
     return evaluate(model, val), curve
 
 
-def make_progress():
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        print("(tqdm not installed: plain progress lines)")
-
-        def plain(label, step, total, loss):
-            if step == total or step % max(1, total // 4) == 0:
-                print(f"  {label}: step {step}/{total}, train loss {loss:.3f}", flush=True)
-        return plain, lambda: None
-    bar = {"bar": None, "label": None}
-
-    def fancy(label, step, total, loss):
-        if bar["label"] != label:
-            if bar["bar"] is not None:
-                bar["bar"].close()
-            bar["bar"], bar["label"] = tqdm(total=total, desc=label, leave=False), label
-        bar["bar"].update(1)
-        bar["bar"].set_postfix(loss=f"{loss:.3f}")
-    return fancy, lambda: bar["bar"] is not None and bar["bar"].close()
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    m = sum(values) / len(values)
-    return m, math.sqrt(sum((v - m) ** 2 for v in values) / max(1, len(values) - 1))
-
-
-def plot(curves, args) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: skipping the PNG plot")
-        return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, runs in curves.items():
-        steps = [min((i + 1) * args.eval_every, args.steps) for i in range(len(runs[0]))]
-        mean = [sum(r[i] for r in runs) / len(runs) for i in range(len(steps))]
-        ax.plot(steps, mean, label=name)
-    ax.set_xlabel("step")
-    ax.set_ylabel("validation loss (nats/token)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(args.png)
-    print(f"wrote {args.png}")
-
-
 def conclusions(results, k: int) -> list[str]:
     active = {n: mean_std([r["active"] for r in rs])[0] for n, rs in results.items()}
     lines = ["compute (mean active experts): "
@@ -182,17 +135,7 @@ def conclusions(results, k: int) -> list[str]:
     best = min(loss, key=lambda n: loss[n][0])
     lines.append(f"lowest validation loss at <= {k} active experts/token: {best} "
                  f"({loss[best][0]:.4f})")
-    n_seeds = len(next(iter(results.values())))
-    for name, (m, s) in loss.items():
-        if name == best:
-            continue
-        if n_seeds < 2:
-            lines.append(f"  {name}: +{m - loss[best][0]:.4f} (one seed: no spread estimate)")
-            continue
-        spread = max(s, loss[best][1])
-        verdict = "larger than" if m - loss[best][0] > 2 * spread else "within"
-        lines.append(f"  {name}: +{m - loss[best][0]:.4f}, {verdict} 2x the seed-to-seed std "
-                     f"({spread:.4f})")
+    lines += loss_verdicts(loss, best, len(next(iter(results.values()))))
     ent = {n: mean_std([r["entropy"] for r in rs])[0] for n, rs in results.items()}
     lines.append("most balanced load (entropy): " + max(ent, key=ent.get))
     div = {n: mean_std([r["diversity"] for r in rs])[0] for n, rs in results.items()}
@@ -237,10 +180,7 @@ def main() -> None:
             ("maxvio", "MaxVio"), ("diversity", "diversity"), ("active", "active")]
     print(f"\n{args.seeds} seeds x {args.steps} steps, {args.batch}x{args.length} tokens/step, "
           f"{args.experts} experts; mean ± std over seeds (validation, inference routing)")
-    print(f"{'router':<18}" + "".join(f"{title:>17}" for _, title in cols))
-    for name, runs in results.items():
-        cells = [mean_std([r[key] for r in runs]) for key, _ in cols]
-        print(f"{name:<18}" + "".join(f"{m:>10.4f} ±{s:<6.4f}" for m, s in cells))
+    print_table(results, cols, "router")
     refs = language.reference_losses(val, val_topics)
     print("reference predictors on the same validation set: "
           + ", ".join(f"{k} {v:.4f}" for k, v in refs.items()))
@@ -248,7 +188,8 @@ def main() -> None:
     for line in conclusions(results, args.k):
         print("  " + line)
     print(f"\ntotal time {time.time() - start:.0f} s")
-    plot(curves, args)
+    plot_curves(curves, args.eval_every, args.steps, "step", "validation loss (nats/token)",
+                args.png)
 
 
 if __name__ == "__main__":

@@ -43,8 +43,9 @@ import torch
 import torch.nn.functional as F
 
 import probmoe_fast as pf
-from compare_routers import TinyMoELM, evaluate, make_progress, mean_std
+from compare_routers import TinyMoELM, evaluate
 from probmoe_fast.ops.estimators import Estimator, rloo_surrogate
+from run_report import loss_verdicts, make_progress, mean_std, print_table
 from synthetic_topics import TopicMarkovLanguage
 
 K = 2
@@ -110,17 +111,7 @@ def conclusions(results) -> list[str]:
     loss = {n: mean_std([r["loss"] for r in rs]) for n, rs in results.items()}
     best = min(loss, key=lambda n: loss[n][0])
     lines = [f"lowest validation loss: {best} ({loss[best][0]:.4f})"]
-    n_seeds = len(next(iter(results.values())))
-    for name, (m, s) in sorted(loss.items(), key=lambda kv: kv[1][0]):
-        if name == best:
-            continue
-        if n_seeds < 2:
-            lines.append(f"  {name}: +{m - loss[best][0]:.4f} (one seed: no spread estimate)")
-            continue
-        spread = max(s, loss[best][1])
-        verdict = "larger than" if m - loss[best][0] > 2 * spread else "within"
-        lines.append(f"  {name}: +{m - loss[best][0]:.4f}, {verdict} 2x the seed-to-seed std "
-                     f"({spread:.4f})")
+    lines += loss_verdicts(loss, best, len(next(iter(results.values()))))
     lines.append(f"{RLOO} trains with two forward passes per step (2x expert compute); the others "
                  "with one")
     return lines
@@ -152,10 +143,7 @@ def main(argv=None) -> None:
             ("maxvio", "MaxVio"), ("active", "active")]
     print(f"\n{args.seeds} seeds x {args.steps} steps, {args.batch}x{args.length} tokens/step, "
           f"{args.experts} experts, Exact-{K}; mean ± std over seeds (validation, MAP routing)")
-    print(f"{'estimator':<22}" + "".join(f"{title:>17}" for _, title in cols))
-    for name, runs in results.items():
-        cells = [mean_std([r[key] for r in runs]) for key, _ in cols]
-        print(f"{name:<22}" + "".join(f"{m:>10.4f} ±{s:<6.4f}" for m, s in cells))
+    print_table(results, cols, "estimator", width=22)
     refs = language.reference_losses(val, val_topics)
     print("reference predictors on the same validation set: "
           + ", ".join(f"{k} {v:.4f}" for k, v in refs.items()))

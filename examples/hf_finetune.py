@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import time
 
 import torch
@@ -40,6 +39,7 @@ from transformers import OlmoeConfig, OlmoeForCausalLM
 
 import probmoe_fast.hf as pfh
 from probmoe_fast.nn.balance import load_metrics
+from run_report import loss_verdicts, make_progress, mean_std, plot_curves, print_table
 from synthetic_topics import TopicMarkovLanguage
 
 ROUTINGS = {
@@ -104,71 +104,13 @@ def evaluate(model, val: torch.Tensor) -> dict[str, float]:
     return metrics
 
 
-def make_progress():
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        print("(tqdm not installed: plain progress lines)")
-
-        def plain(label, step, total, loss):
-            if step == total or step % max(1, total // 4) == 0:
-                print(f"  {label}: step {step}/{total}, train loss {loss:.3f}", flush=True)
-        return plain, lambda: None
-    bar = {"bar": None, "label": None}
-
-    def fancy(label, step, total, loss):
-        if bar["label"] != label:
-            if bar["bar"] is not None:
-                bar["bar"].close()
-            bar["bar"], bar["label"] = tqdm(total=total, desc=label, leave=False), label
-        bar["bar"].update(1)
-        bar["bar"].set_postfix(loss=f"{loss:.3f}")
-    return fancy, lambda: bar["bar"] is not None and bar["bar"].close()
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    m = sum(values) / len(values)
-    return m, math.sqrt(sum((v - m) ** 2 for v in values) / max(1, len(values) - 1))
-
-
-def plot(curves, args) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: skipping the PNG plot")
-        return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, runs in curves.items():
-        steps = [min((i + 1) * args.eval_every, args.finetune_steps) for i in range(len(runs[0]))]
-        mean = [sum(r[i] for r in runs) / len(runs) for i in range(len(steps))]
-        ax.plot(steps, mean, label=name)
-    ax.set_xlabel("fine-tuning step")
-    ax.set_ylabel("validation loss, shifted language (nats/token)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(args.png)
-    print(f"wrote {args.png}")
-
-
 def conclusions(results, before: list[float]) -> list[str]:
     loss = {n: mean_std([r["loss"] for r in rs]) for n, rs in results.items()}
     best = min(loss, key=lambda n: loss[n][0])
     lines = [f"before fine-tuning (pretrained top-k on the shifted language): "
              f"{mean_std(before)[0]:.4f}",
              f"lowest validation loss after fine-tuning: {best} ({loss[best][0]:.4f})"]
-    n_seeds = len(before)
-    for name, (m, s) in loss.items():
-        if name == best:
-            continue
-        if n_seeds < 2:
-            lines.append(f"  {name}: +{m - loss[best][0]:.4f} (one seed: no spread estimate)")
-            continue
-        spread = max(s, loss[best][1])
-        verdict = "larger than" if m - loss[best][0] > 2 * spread else "within"
-        lines.append(f"  {name}: +{m - loss[best][0]:.4f}, {verdict} 2x the seed-to-seed std "
-                     f"({spread:.4f})")
+    lines += loss_verdicts(loss, best, len(before))
     ent = {n: mean_std([r["entropy"] for r in rs])[0] for n, rs in results.items()}
     lines.append("most balanced load (entropy): " + max(ent, key=ent.get))
     for key, when in (("train_active", "fine-tuning"), ("active", "inference")):
@@ -228,10 +170,7 @@ def main() -> None:
     print(f"\n{args.seeds} seeds; pretrain {args.pretrain_steps} steps (top-2), fine-tune "
           f"{args.finetune_steps} steps on a shifted language, {args.batch}x{args.length} "
           f"tokens/step; mean ± std over seeds (validation, inference routing)")
-    print(f"{'fine-tuned with':<18}" + "".join(f"{title:>17}" for _, title in cols))
-    for name, runs in results.items():
-        cells = [mean_std([r[key] for r in runs]) for key, _ in cols]
-        print(f"{name:<18}" + "".join(f"{m:>10.4f} ±{s:<6.4f}" for m, s in cells))
+    print_table(results, cols, "fine-tuned with")
     refs = shifted.reference_losses(val, val_topics)
     print("reference predictors on the same validation set: "
           + ", ".join(f"{k} {v:.4f}" for k, v in refs.items()))
@@ -239,7 +178,8 @@ def main() -> None:
     for line in conclusions(results, before):
         print("  " + line)
     print(f"\ntotal time {time.time() - start:.0f} s")
-    plot(curves, args)
+    plot_curves(curves, args.eval_every, args.finetune_steps, "fine-tuning step",
+                "validation loss, shifted language (nats/token)", args.png)
 
 
 if __name__ == "__main__":
