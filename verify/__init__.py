@@ -38,7 +38,7 @@ Values and gradients are deterministic checks against DESIGN.md §6 tolerances
 (:mod:`verify.tolerances`).
 """
 
-from .harness import FAMILY_ALPHA, check_dynamic_k, check_exact_k
+from .harness import CHECKS, FAMILY_ALPHA, check_dynamic_k, check_exact_k
 from .report import Report, Row
 
-__all__ = ["check_exact_k", "check_dynamic_k", "Report", "Row", "FAMILY_ALPHA"]
+__all__ = ["check_exact_k", "check_dynamic_k", "Report", "Row", "FAMILY_ALPHA", "CHECKS"]
