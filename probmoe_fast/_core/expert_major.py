@@ -138,9 +138,9 @@ def tilted_pair_sums(mu: torch.Tensor, mu_v: torch.Tensor, front: torch.Tensor,
     and the terminal weights :math:`\gamma`, :math:`\gamma'`."""
     n, n_levels, rows = mu.shape
     steps, tilted = mu.unbind(0), mu_v.unbind(0)
-    # per position: [sum mu P B, sum mu P' B, sum mu P B'] (slabs hold B, B')
-    sums = mu.new_empty(n, 3, rows)
-    prod = mu.new_empty(_CHUNK, 3, n_levels, rows)
+    # per position: [sum mu P B, sum mu (P' B + P B')] (slabs hold B, B')
+    sums = mu.new_empty(n, 2, rows)
+    prod = mu.new_empty(_CHUNK, 2, n_levels, rows)
     scaled = mu.new_empty(_CHUNK, 2, n_levels, rows)
     views = None
 
@@ -157,10 +157,9 @@ def tilted_pair_sums(mu: torch.Tensor, mu_v: torch.Tensor, front: torch.Tensor,
     def pair(lo, hi, slabs):
         part, fronts = prod[:hi - lo], scaled[:hi - lo]
         torch.mul(front[lo:hi, :, :-1], mu[lo:hi, None], out=fronts)
-        torch.mul(fronts, slabs[:, :1, 1:], out=part[:, :2])
-        torch.mul(fronts[:, 0], slabs[:, 1, 1:], out=part[:, 2])
+        torch.mul(fronts, slabs[:, :1, 1:], out=part)
+        part[:, 1].addcmul_(fronts[:, 0], slabs[:, 1, 1:])
         torch.sum(part, 2, out=sums[lo:hi])
 
     _streamed(torch.stack([terminal, tilt_terminal]), n, step, pair)
-    sums[:, 1] += sums[:, 2]
-    return sums[:, :2].transpose(0, 1)
+    return sums.transpose(0, 1)

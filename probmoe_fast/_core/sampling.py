@@ -90,8 +90,10 @@ def sample_subsets(tables: list[torch.Tensor], order: torch.Tensor | None, sizes
         chosen.scatter_add_(-1, position.unsqueeze(-1), active.to(chosen.dtype).unsqueeze(-1))
         bound = torch.where(active, position, bound)
         remaining = remaining - active.long()
-    if members:
-        chosen.scatter_(-1, torch.stack(members, dim=-1), 1.0)
+    if members:  # same-size draws: the members' experts straight into expert order
+        positions = torch.stack(members, dim=-1)
+        return chosen.scatter_(-1, positions if order is None else order.gather(-1, positions),
+                               1.0)
     if order is None:  # tables in expert order
         return chosen
     return torch.zeros_like(chosen).scatter_(-1, order if source is None else order[source], chosen)

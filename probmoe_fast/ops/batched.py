@@ -129,10 +129,24 @@ def sample_slots(logits, k_min, k_max, size_logits=None, generator=None, backend
         valid = torch.arange(k_max, device=theta.device) < sizes[:, None]
     else:
         _, _, _, m, z = esp_forward(theta, k_min, k_max, phi, 1, generator)
-        indices = torch.sort(z, dim=-1, descending=True, stable=True).indices[:, :k_max]
+        indices = _drawn_first(z, k_min, k_max)
         valid = z.gather(-1, indices) > 0
     slots = (*batch_shape, k_max)
     return indices.reshape(slots), valid.reshape(slots), m.reshape(logits.shape)
+
+
+def _drawn_first(z: torch.Tensor, k_min: int, k_max: int) -> torch.Tensor:
+    r"""``(T, k_max)``: the experts of the masks ``z`` ``(T, n)`` drawn first, by increasing
+    index, then the others (a stable descending sort). Exact-k draws exactly ``k`` per row, so
+    the row-major list of nonzeros is already that order: one pass instead of a sort. A NaN
+    row (``validate_args=False``) has ``n`` nonzeros: with ``n > k`` the count differs and the
+    sort runs; with ``n = k`` both give ``0..n-1``."""
+    if k_min != k_max:
+        return torch.sort(z, dim=-1, descending=True, stable=True).indices[:, :k_max]
+    drawn = z.nonzero()
+    if drawn.shape[0] == z.shape[0] * k_max:
+        return drawn[:, 1].view(z.shape[0], k_max)
+    return torch.sort(z, dim=-1, descending=True, stable=True).indices[:, :k_max]
 
 
 def _triton(theta, phi, k_min, k_max, generator, draw):

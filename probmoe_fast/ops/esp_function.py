@@ -32,8 +32,9 @@ product is :math:`\mathrm{Cov}(z) v`). Every row takes the analytic tables of
   :func:`~probmoe_fast._core.esp.log_esp` three times with autograd (final gauge: every level's
   last entry is 1, so :math:`Q^{-3}` stays finite); with ``create_graph`` that is recorded too.
 
-Saved for backward: the inputs, the top-:math:`K` expert indices ``(T, K)`` int64 (the table
-order is rebuilt from them) and nothing else; the tables are recomputed.
+Saved for backward: the inputs, the table order ``(T, n)`` int16 (half the float32 logits'
+bytes; the layout is rebuilt from it by one scatter and one gather) and nothing else; the
+tables are recomputed.
 
 =================  =======================  ===================================================
 name               shape                    meaning
@@ -48,7 +49,7 @@ name               shape                    meaning
 ``marginals``      ``(T, n)``               :math:`m`
 ``sample``         ``(S*T, n)`` / ``(0,)``  0/1 masks, draw r from row r mod T (no gradient);
                                             NaN rows for NaN logits (``validate_args=False``)
-``top``            ``(T, K)`` int64         the top experts (the table order)
+``order``          ``(T, n)`` int16         the table order (position -> expert)
 =================  =======================  ===================================================
 
 Cost: forward :math:`O(TnK)` plus :math:`O(STKn)` for samples; backward and JVP :math:`O(TnK)`
@@ -112,7 +113,7 @@ def _batch_first(t, dim, size):
 
 
 class ESPFunction(torch.autograd.Function):
-    r"""``(log_q, offset, shift, marginals, sample, top) = ESPFunction.apply(theta, size_logits,
+    r"""``(log_q, offset, shift, marginals, sample, order) = ESPFunction.apply(theta, size_logits,
     k_min, k_max, n_samples, generator)``; see the module docstring (:math:`\ell_j` is
     ``log_q + offset``, the float64 offset kept apart and without gradient)."""
 
@@ -122,43 +123,43 @@ class ESPFunction(torch.autograd.Function):
         phi = None if size_logits is None else size_logits.detach()
         if k_max == 0:  # the empty subset: m = 0 (log Z may still depend on phi_0)
             esp, m = _empty_band(theta), torch.zeros_like(theta)
-            top = torch.zeros(theta.shape[0], 0, dtype=torch.long, device=theta.device)
+            order = torch.zeros(theta.shape[0], 0, dtype=torch.int16, device=theta.device)
         else:
-            esp, m, top = fast_forward(theta, phi, k_min, k_max)
+            esp, m, order = fast_forward(theta, phi, k_min, k_max)
         if n_samples > 0:
             sample = draw_samples(esp, phi, k_min, k_max, n_samples, generator)
         else:
             sample = theta.new_empty(0)
-        return esp.log_q, esp.offset, esp.shift, m, sample, top
+        return esp.log_q, esp.offset, esp.shift, m, sample, order
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         theta, size_logits, k_min, k_max, _, _ = inputs
-        _, offset, shift, _, sample, top = output
+        _, offset, shift, _, sample, order = output
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(theta, size_logits, top)
-        ctx.save_for_forward(theta, size_logits, top)
+        ctx.save_for_backward(theta, size_logits, order)
+        ctx.save_for_forward(theta, size_logits, order)
         ctx.band = (k_min, k_max)
-        ctx.mark_non_differentiable(offset, shift, sample, top)
+        ctx.mark_non_differentiable(offset, shift, sample, order)
 
     @staticmethod
     def backward(ctx, grad_log_q, _grad_offset, _grad_shift, grad_m, _grad_sample, _grad_top):
-        theta, size_logits, top = ctx.saved_tensors
+        theta, size_logits, order = ctx.saved_tensors
         if grad_log_q is None and grad_m is None:
             return None, None, None, None, None, None
-        grad_theta, grad_phi = CovVJPFunction.apply(theta, size_logits, top, *ctx.band,
+        grad_theta, grad_phi = CovVJPFunction.apply(theta, size_logits, order, *ctx.band,
                                                     grad_log_q, grad_m)
         return (grad_theta if ctx.needs_input_grad[0] else None,
                 grad_phi if ctx.needs_input_grad[1] else None, None, None, None, None)
 
     @staticmethod
     def jvp(ctx, theta_dot, size_logits_dot, *_):
-        theta, size_logits, top = ctx.saved_tensors
+        theta, size_logits, order = ctx.saved_tensors
         k_min, k_max = ctx.band
         if k_max == 0:
             log_q_dot = theta.new_zeros(theta.shape[0], 1)
             return log_q_dot, None, None, torch.zeros_like(theta), None, None
-        log_q_dot, m_dot = JVPFunction.apply(theta, size_logits, top, k_min, k_max, theta_dot,
+        log_q_dot, m_dot = JVPFunction.apply(theta, size_logits, order, k_min, k_max, theta_dot,
                                              size_logits_dot)
         return log_q_dot, None, None, m_dot, None, None
 
@@ -170,13 +171,13 @@ class ESPFunction(torch.autograd.Function):
         phi = _batch_first(size_logits, in_dims[1], size)
         outs = ESPFunction.apply(theta.flatten(0, 1), None if phi is None else phi.flatten(0, 1),
                                  k_min, k_max, n_samples, generator)
-        log_q, offset, shift, m, sample, top = (t.unflatten(0, (size, n_rows)) if i != 4 else t
+        log_q, offset, shift, m, sample, order = (t.unflatten(0, (size, n_rows)) if i != 4 else t
                                                 for i, t in enumerate(outs))
         if n_samples > 0:  # (S * B * T, n) -> (B, S * T, n): draw r of each batch from row r mod T
             sample = sample.unflatten(0, (n_samples, size, n_rows)).movedim(1, 0).flatten(1, 2)
         else:
             sample = sample.new_empty(size, 0)
-        return (log_q, offset, shift, m, sample, top), (0, 0, 0, 0, 0, 0)
+        return (log_q, offset, shift, m, sample, order), (0, 0, 0, 0, 0, 0)
 
 
 def _leaf(t, create_graph):
@@ -220,23 +221,23 @@ def _third_order(theta, size_logits, k_min, k_max, grad_log_q, grad_m, u_theta, 
 
 
 class CovVJPFunction(torch.autograd.Function):
-    r"""``(grad_theta, grad_size_logits) = CovVJPFunction.apply(theta, size_logits, top, k_min,
+    r"""``(grad_theta, grad_size_logits) = CovVJPFunction.apply(theta, size_logits, order, k_min,
     k_max, grad_log_q, grad_m)``: the backward of :class:`ESPFunction` (``grad_size_logits`` is
     an empty tensor when ``size_logits`` is None)."""
 
     @staticmethod
-    def forward(theta, size_logits, top, k_min, k_max, grad_log_q, grad_m):
+    def forward(theta, size_logits, order, k_min, k_max, grad_log_q, grad_m):
         if k_max == 0:  # nothing depends on theta, and m = 0 does not depend on phi
             grad_phi = theta.new_empty(0) if size_logits is None else torch.zeros_like(size_logits)
             return torch.zeros_like(theta), grad_phi
         detach = (lambda t: None if t is None else t.detach())
         grad_theta, grad_phi = fast_backward(theta.detach(), detach(size_logits), k_min, k_max,
-                                             top, detach(grad_log_q), detach(grad_m))
+                                             order, detach(grad_log_q), detach(grad_m))
         return grad_theta, theta.new_empty(0) if grad_phi is None else grad_phi
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        theta, size_logits, top, k_min, k_max, grad_log_q, grad_m = inputs
+        theta, size_logits, order, k_min, k_max, grad_log_q, grad_m = inputs
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(theta, size_logits, grad_log_q, grad_m)
         ctx.band = (k_min, k_max)
@@ -257,15 +258,15 @@ class CovVJPFunction(torch.autograd.Function):
         return picked[0], picked[1], None, None, None, picked[2], picked[3]
 
     @staticmethod
-    def vmap(info, in_dims, theta, size_logits, top, k_min, k_max, grad_log_q, grad_m):
+    def vmap(info, in_dims, theta, size_logits, order, k_min, k_max, grad_log_q, grad_m):
         size = info.batch_size
-        dims = dict(zip(("theta", "phi", "top", "gl", "gm"),
+        dims = dict(zip(("theta", "phi", "order", "gl", "gm"),
                         (in_dims[0], in_dims[1], in_dims[2], in_dims[5], in_dims[6])))
         theta = _batch_first(theta, dims["theta"], size)
         n_rows = theta.shape[1]
         flat = (lambda t, d: None if t is None else _batch_first(t, d, size).flatten(0, 1))
         grad_theta, grad_phi = CovVJPFunction.apply(
-            theta.flatten(0, 1), flat(size_logits, dims["phi"]), flat(top, dims["top"]), k_min,
+            theta.flatten(0, 1), flat(size_logits, dims["phi"]), flat(order, dims["order"]), k_min,
             k_max, flat(grad_log_q, dims["gl"]), flat(grad_m, dims["gm"]))
         grad_theta = grad_theta.unflatten(0, (size, n_rows))
         grad_phi = (grad_phi.new_empty(size, 0) if size_logits is None
@@ -274,15 +275,15 @@ class CovVJPFunction(torch.autograd.Function):
 
 
 class JVPFunction(torch.autograd.Function):
-    r"""``(log_q_dot, m_dot) = JVPFunction.apply(theta, size_logits, top, k_min, k_max,
+    r"""``(log_q_dot, m_dot) = JVPFunction.apply(theta, size_logits, order, k_min, k_max,
     theta_dot, size_logits_dot)``: the forward-mode rule of :class:`ESPFunction` as a Function
     with a ``vmap`` rule (``torch.func.jacfwd`` vmaps it over the tangents); not differentiable
     itself."""
 
     @staticmethod
-    def forward(theta, size_logits, top, k_min, k_max, theta_dot, size_logits_dot):
+    def forward(theta, size_logits, order, k_min, k_max, theta_dot, size_logits_dot):
         detach = (lambda t: None if t is None else t.detach())
-        return fast_jvp(theta.detach(), detach(size_logits), k_min, k_max, top, detach(theta_dot),
+        return fast_jvp(theta.detach(), detach(size_logits), k_min, k_max, order, detach(theta_dot),
                         detach(size_logits_dot))
 
     @staticmethod
@@ -290,13 +291,13 @@ class JVPFunction(torch.autograd.Function):
         ctx.mark_non_differentiable(*output)
 
     @staticmethod
-    def vmap(info, in_dims, theta, size_logits, top, k_min, k_max, theta_dot, size_logits_dot):
+    def vmap(info, in_dims, theta, size_logits, order, k_min, k_max, theta_dot, size_logits_dot):
         size = info.batch_size
         theta = _batch_first(theta, in_dims[0], size)
         n_rows = theta.shape[1]
         flat = (lambda t, d: None if t is None else _batch_first(t, d, size).flatten(0, 1))
         outs = JVPFunction.apply(theta.flatten(0, 1), flat(size_logits, in_dims[1]),
-                                 flat(top, in_dims[2]), k_min, k_max, flat(theta_dot, in_dims[5]),
+                                 flat(order, in_dims[2]), k_min, k_max, flat(theta_dot, in_dims[5]),
                                  flat(size_logits_dot, in_dims[6]))
         return tuple(t.unflatten(0, (size, n_rows)) for t in outs), (0, 0)
 

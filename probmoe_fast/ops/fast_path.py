@@ -41,7 +41,7 @@ Cost: forward one ``torch.topk``, :math:`O(Tn)` for the layout and the multiplie
 :math:`2n` fused ops on ``(K, T)`` slabs (the prefix table and the streamed completion,
 :func:`~probmoe_fast._core.expert_major.pair_sums`) plus three ops per chunk of positions for
 the pairing; backward and JVP :math:`4n` such ops plus four per chunk (the layout comes from the
-saved top indices; the tables are recomputed, never saved, the tilted ones alongside).
+saved table order; the tables are recomputed, never saved, the tilted ones alongside).
 Transient memory: the ``(n, K, T)`` multipliers and one ``(n+1, K+1, T)`` table forward (it is
 the sampler's), two of each backward, plus ``O(nT)``.
 """
@@ -52,7 +52,8 @@ import torch
 
 from .._core import expert_major as em
 from .._core.esp import ESP
-from .._core.levels import level_offsets, multipliers, static_gauge, table_layout, top_indices
+from .._core.levels import (layout_from_order, level_offsets, multipliers, saved_order,
+                            static_gauge, table_layout, top_indices)
 from .._core.partition import size_scores
 
 __all__ = ["fast_forward", "fast_backward", "fast_jvp"]
@@ -65,9 +66,8 @@ def _terminal(values: torch.Tensor, k_min: int, k_max: int) -> torch.Tensor:
     return out
 
 
-def _setup(theta, k_min, k_max, top):
-    """``(layout, mu, offset)`` for detached ``theta`` and its top experts ``top``."""
-    layout = table_layout(theta, top)
+def _setup(theta, k_min, k_max, layout):
+    """``(layout, mu, offset)`` for detached ``theta`` and its table layout."""
     q = static_gauge(theta.shape[-1], k_max, theta.dtype, theta.device)
     mu = multipliers(layout.xs, layout.rho, q)
     return layout, mu, level_offsets(layout.rho, layout.shift, q, k_min, k_max)
@@ -91,11 +91,12 @@ def _expert_order(table_major: torch.Tensor, position: torch.Tensor) -> torch.Te
 
 
 def fast_forward(theta, size_logits, k_min, k_max, with_marginals=True):
-    r"""``(ESP, m or None, top)`` for detached ``theta`` ``(T, n)`` (``k_max >= 1``); ``top``
-    ``(T, k_max)`` are the top experts the backward lays the tables out with again. Without
+    r"""``(ESP, m or None, order)`` for detached ``theta`` ``(T, n)`` (``k_max >= 1``);
+    ``order`` ``(T, n)`` int16 is the table order the backward lays the tables out with again
+    (:func:`~probmoe_fast._core.levels.saved_order`). Without
     ``with_marginals`` only the prefix table is built (enough to sample)."""
-    top = top_indices(theta, k_max)
-    layout, mu, offset = _setup(theta, k_min, k_max, top)
+    layout = table_layout(theta, top_indices(theta, k_max))
+    layout, mu, offset = _setup(theta, k_min, k_max, layout)
     table = em.prefix(mu, k_max)
     log_q, gamma, _, _ = _band_weights(table[-1, k_min:].T, layout.shift, k_min, size_logits,
                                        offset)
@@ -104,14 +105,14 @@ def fast_forward(theta, size_logits, k_min, k_max, with_marginals=True):
         s = em.pair_sums(mu, table, _terminal(gamma, k_min, k_max))
         m = _expert_order(s, layout.position)
     levels = [table[1:, j] for j in range(k_max + 1)]  # position-major (n, T), table order
-    return ESP(log_q, layout.shift, levels, layout.order, offset), m, top
+    return ESP(log_q, layout.shift, levels, layout.order, offset), m, saved_order(layout)
 
 
-def _tilted(theta, size_logits, k_min, k_max, top, v, extra):
+def _tilted(theta, size_logits, k_min, k_max, order, v, extra):
     r"""The tilted tables along ``v`` ``(T, n)`` (expert order): ``(layout, m, s', P'_n, P_n,
     gamma, p, keep, v in table order)``, with :math:`B'` terminal weights
     ``extra(last, keep, gamma)``."""
-    layout, mu, offset = _setup(theta, k_min, k_max, top)
+    layout, mu, offset = _setup(theta, k_min, k_max, layout_from_order(theta, order, k_max))
     v_table = v.gather(-1, layout.order).T.contiguous()  # (n, T)
     mu_v = mu * v_table[:, None]
     front = em.prefix_with_tilt(mu, mu_v, k_max)
@@ -122,7 +123,7 @@ def _tilted(theta, size_logits, k_min, k_max, top, v, extra):
     return layout, s, s_tilt, front[-1, 1, k_min:].T, last, gamma, p, keep, v_table
 
 
-def fast_backward(theta, size_logits, k_min, k_max, top, grad_log_q, grad_m):
+def fast_backward(theta, size_logits, k_min, k_max, order, grad_log_q, grad_m):
     r"""``(grad_theta, grad_size_logits)`` for cotangents ``grad_log_q`` ``(T, L)`` (or None)
     and ``grad_m`` ``(T, n)`` (or None); see the module docstring."""
     v = torch.zeros_like(theta) if grad_m is None else grad_m
@@ -133,7 +134,7 @@ def fast_backward(theta, size_logits, k_min, k_max, top, grad_log_q, grad_m):
         return torch.where(keep, grad_log_q / torch.where(keep, last, torch.ones_like(last)),
                            torch.zeros_like(last))
     layout, m, s_tilt, tilt_last, _, gamma, p, _, v_table = _tilted(
-        theta, size_logits, k_min, k_max, top, v, extra)
+        theta, size_logits, k_min, k_max, order, v, extra)
     m_dot_v = (m * v_table).sum(0)
     grad = s_tilt.addcmul_(v_table, m).sub_(m * m_dot_v)
     grad_phi = None
@@ -142,7 +143,7 @@ def fast_backward(theta, size_logits, k_min, k_max, top, grad_log_q, grad_m):
     return _expert_order(grad, layout.position), grad_phi
 
 
-def fast_jvp(theta, size_logits, k_min, k_max, top, theta_dot, size_logits_dot):
+def fast_jvp(theta, size_logits, k_min, k_max, order, theta_dot, size_logits_dot):
     r"""``(log_q_dot (T, L), m_dot (T, n))`` for tangents ``theta_dot`` ``(T, n)`` (or None)
     and ``size_logits_dot`` ``(T, L)`` (or None); see the module docstring."""
     u = torch.zeros_like(theta) if theta_dot is None else theta_dot
@@ -150,7 +151,7 @@ def fast_jvp(theta, size_logits, k_min, k_max, top, theta_dot, size_logits_dot):
     def extra(last, keep, gamma):
         return torch.zeros_like(gamma) if size_logits_dot is None else gamma * size_logits_dot
     layout, m, s_tilt, tilt_last, last, _, p, keep, u_table = _tilted(
-        theta, size_logits, k_min, k_max, top, u, extra)
+        theta, size_logits, k_min, k_max, order, u, extra)
     mean = (m * u_table).sum(0)
     if size_logits_dot is not None:
         mean = mean + (p * size_logits_dot).sum(-1)
