@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import probmoe_fast as pf
-from run_report import loss_verdicts, make_progress, mean_std, plot_curves, print_table
+from run_report import (loss_verdicts, make_progress, mean_std, plot_curves, print_findings,
+                        print_table)
 from synthetic_topics import TopicMarkovLanguage
 
 
@@ -181,13 +182,7 @@ def main() -> None:
     print(f"\n{args.seeds} seeds x {args.steps} steps, {args.batch}x{args.length} tokens/step, "
           f"{args.experts} experts; mean ± std over seeds (validation, inference routing)")
     print_table(results, cols, "router")
-    refs = language.reference_losses(val, val_topics)
-    print("reference predictors on the same validation set: "
-          + ", ".join(f"{k} {v:.4f}" for k, v in refs.items()))
-    print("\nWhat this run shows:")
-    for line in conclusions(results, args.k):
-        print("  " + line)
-    print(f"\ntotal time {time.time() - start:.0f} s")
+    print_findings(language.reference_losses(val, val_topics), conclusions(results, args.k), time.time() - start)
     plot_curves(curves, args.eval_every, args.steps, "step", "validation loss (nats/token)",
                 args.png)
 

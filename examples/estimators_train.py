@@ -45,7 +45,7 @@ import torch.nn.functional as F
 import probmoe_fast as pf
 from compare_routers import TinyMoELM, evaluate
 from probmoe_fast.ops.estimators import Estimator, rloo_surrogate
-from run_report import loss_verdicts, make_progress, mean_std, print_table
+from run_report import loss_verdicts, make_progress, mean_std, print_findings, print_table
 from synthetic_topics import TopicMarkovLanguage
 
 K = 2
@@ -144,13 +144,7 @@ def main(argv=None) -> None:
     print(f"\n{args.seeds} seeds x {args.steps} steps, {args.batch}x{args.length} tokens/step, "
           f"{args.experts} experts, Exact-{K}; mean ± std over seeds (validation, MAP routing)")
     print_table(results, cols, "estimator", width=22)
-    refs = language.reference_losses(val, val_topics)
-    print("reference predictors on the same validation set: "
-          + ", ".join(f"{k} {v:.4f}" for k, v in refs.items()))
-    print("\nWhat this run shows:")
-    for line in conclusions(results):
-        print("  " + line)
-    print(f"\ntotal time {time.time() - start:.0f} s")
+    print_findings(language.reference_losses(val, val_topics), conclusions(results), time.time() - start)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ from transformers import OlmoeConfig, OlmoeForCausalLM
 
 import probmoe_fast.hf as pfh
 from probmoe_fast.nn.balance import load_metrics
-from run_report import loss_verdicts, make_progress, mean_std, plot_curves, print_table
+from run_report import (loss_verdicts, make_progress, mean_std, plot_curves, print_findings,
+                        print_table)
 from synthetic_topics import TopicMarkovLanguage
 
 ROUTINGS = {
@@ -171,13 +172,7 @@ def main() -> None:
           f"{args.finetune_steps} steps on a shifted language, {args.batch}x{args.length} "
           f"tokens/step; mean ± std over seeds (validation, inference routing)")
     print_table(results, cols, "fine-tuned with")
-    refs = shifted.reference_losses(val, val_topics)
-    print("reference predictors on the same validation set: "
-          + ", ".join(f"{k} {v:.4f}" for k, v in refs.items()))
-    print("\nWhat this run shows:")
-    for line in conclusions(results, before):
-        print("  " + line)
-    print(f"\ntotal time {time.time() - start:.0f} s")
+    print_findings(shifted.reference_losses(val, val_topics), conclusions(results, before), time.time() - start)
     plot_curves(curves, args.eval_every, args.finetune_steps, "fine-tuning step",
                 "validation loss, shifted language (nats/token)", args.png)
 

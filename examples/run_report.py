@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["make_progress", "mean_std", "print_table", "loss_verdicts", "plot_curves"]
+__all__ = ["make_progress", "mean_std", "print_table", "print_findings", "loss_verdicts",
+           "plot_curves"]
 
 
 def make_progress():
@@ -49,6 +50,16 @@ def print_table(results: dict[str, list[dict]], cols: list[tuple[str, str]], tit
     for name, runs in results.items():
         cells = [mean_std([r[key] for r in runs]) for key, _ in cols]
         print(f"{name:<{width}}" + "".join(f"{m:>10.4f} ±{s:<6.4f}" for m, s in cells))
+
+
+def print_findings(refs: dict[str, float], lines: list[str], seconds: float) -> None:
+    """The reference predictors' losses, what the run shows (``lines``) and the total time."""
+    print("reference predictors on the same validation set: "
+          + ", ".join(f"{k} {v:.4f}" for k, v in refs.items()))
+    print("\nWhat this run shows:")
+    for line in lines:
+        print("  " + line)
+    print(f"\ntotal time {seconds:.0f} s")
 
 
 def loss_verdicts(loss: dict[str, tuple[float, float]], best: str, n_seeds: int) -> list[str]:
