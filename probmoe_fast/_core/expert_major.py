@@ -109,7 +109,8 @@ def _streamed(terminal: torch.Tensor, n: int, step, pair) -> None:
 def pair_sums(mu: torch.Tensor, front: torch.Tensor, terminal: torch.Tensor) -> torch.Tensor:
     r""":math:`s` ``(n, T)`` for the multipliers ``mu``, the prefix table ``front`` and
     ``terminal`` ``(K+1, T)``: :math:`\gamma_a` (0 outside the band)."""
-    n, n_levels, rows = mu.shape
+    n, _, rows = mu.shape
+    n_levels = front.shape[-2] - 1
     steps = mu.unbind(0)
     s = mu.new_empty(n, rows)
     prod = mu.new_empty(_CHUNK, n_levels, rows)
@@ -136,7 +137,8 @@ def tilted_pair_sums(mu: torch.Tensor, mu_v: torch.Tensor, front: torch.Tensor,
     r"""``(2, n, T)``: :math:`s` and :math:`s'` for the multipliers ``mu`` (and
     ``mu_v`` = :math:`\mu \odot v`), the tilted prefix tables ``front`` ``(n+1, 2, K+1, T)``
     and the terminal weights :math:`\gamma`, :math:`\gamma'`."""
-    n, n_levels, rows = mu.shape
+    n, _, rows = mu.shape
+    n_levels = front.shape[-2] - 1
     steps, tilted = mu.unbind(0), mu_v.unbind(0)
     # per position: [sum mu P B, sum mu (P' B + P B')] (slabs hold B, B')
     sums = mu.new_empty(n, 2, rows)

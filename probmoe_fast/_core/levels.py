@@ -44,8 +44,7 @@ function              returns               cost
 ====================  ====================  ================================================
 ``top_indices``       ``(T, K)`` int64      one ``torch.topk``
 ``table_layout``      ``Layout``            :math:`O(Tn)`
-``saved_order``       ``(T, n)`` int16      :math:`O(Tn)`
-``layout_from_order`` ``Layout``            :math:`O(Tn)` (one scatter, one gather)
+``normalisers``       ``(rho, shift)``      :math:`O(TK)`
 ``static_gauge``      ``(K,)``              :math:`O(K)`
 ``final_gauge``       ``(T, K)``            :math:`O(K)` per row, from the last entries
 ``multipliers``       ``(n, K, T)``         :math:`O(TK^2)` exps, :math:`O(Tn)` exps,
@@ -64,9 +63,8 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["Layout", "top_indices", "table_layout", "saved_order", "layout_from_order",
-           "static_gauge", "final_gauge", "multipliers",
-           "level_offsets"]
+__all__ = ["Layout", "top_indices", "normalisers", "table_layout", "static_gauge", "final_gauge",
+           "multipliers", "level_offsets"]
 
 
 class Layout(NamedTuple):
@@ -87,7 +85,7 @@ def top_indices(theta: torch.Tensor, n_levels: int) -> torch.Tensor:
     return torch.topk(theta.detach(), n_levels, dim=-1, sorted=True).indices
 
 
-def _normalisers(top_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def normalisers(top_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     r"""``(rho, shift)`` from the top logits ``(T, K)``: :math:`-\infty` entries (rows with fewer
     finite logits) take the last finite value, so that their levels stay exactly 0."""
     finite = top_x > -math.inf
@@ -109,27 +107,7 @@ def table_layout(theta: torch.Tensor, top: torch.Tensor) -> Layout:
     experts = torch.arange(n, device=theta.device).expand(n_rows, n)
     order = torch.empty_like(position).scatter_(-1, position, experts)
     xs = theta.gather(-1, order)
-    rho, shift = _normalisers(xs[:, :n_top].detach())
-    return Layout(order, position, xs, rho, shift)
-
-
-def saved_order(layout: Layout) -> torch.Tensor:
-    """``(T, n)``: the table order in the narrowest integer type that holds it (int16 up to
-    :math:`n = 2^{15}`), to be saved for backward (half the logits' float32 bytes)."""
-    n = layout.order.shape[-1]
-    return layout.order.to(torch.int16 if n <= 2 ** 15 else torch.int32)
-
-
-def layout_from_order(theta: torch.Tensor, order: torch.Tensor, n_top: int) -> Layout:
-    r"""The :class:`Layout` of ``theta`` ``(T, n)`` for its saved table order ``order``
-    (:func:`saved_order`) with ``n_top`` levels: equal to :func:`table_layout`'s, without the
-    top-experts bookkeeping (one scatter, one gather)."""
-    order = order.long()
-    n_rows, n = theta.shape
-    experts = torch.arange(n, device=theta.device).expand(n_rows, n)
-    position = torch.empty_like(order).scatter_(-1, order, experts)
-    xs = theta.gather(-1, order)
-    rho, shift = _normalisers(xs[:, :n_top].detach())
+    rho, shift = normalisers(xs[:, :n_top].detach())
     return Layout(order, position, xs, rho, shift)
 
 

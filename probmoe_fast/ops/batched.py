@@ -98,6 +98,8 @@ def sample(logits, k_min, k_max, size_logits=None, sample_shape=torch.Size(), ge
     if resolve_backend(backend, theta) == "triton":
         z, _ = _triton_sample(theta, phi, k_min, k_max, n_samples, generator)
         return z.reshape(*sample_shape, *logits.shape)
+    if k_max == 0:
+        return theta.new_zeros(*sample_shape, *logits.shape)
     esp = esp_tables(theta, phi, k_min, k_max)
     z = draw_samples(esp, phi, k_min, k_max, n_samples, generator)
     return z.reshape(*sample_shape, *logits.shape)

@@ -61,46 +61,60 @@ from __future__ import annotations
 
 import torch
 
-from .._core.esp import ESP, log_esp
+from .._core.esp import log_esp
 from .._core.partition import log_partition, size_probs
-from .._core.sampling import inverse_cdf, sample_subsets
+from .._core.sampling import draw_members, inverse_cdf, uniform_open_closed
 from .fast_path import fast_backward, fast_forward, fast_jvp
 
 __all__ = ["esp_forward", "esp_tables", "ESPFunction", "CovVJPFunction", "JVPFunction",
            "draw_samples"]
 
 
-def _empty_band(theta: torch.Tensor) -> ESP:
-    """The tables of the band 0..0 (the empty subset): :math:`\\ell_0 = 0`, no gradient."""
-    n_rows, n = theta.shape
-    order = torch.arange(n, device=theta.device).expand(n_rows, n)
-    return ESP(theta.new_zeros(n_rows, 1), theta.new_zeros(n_rows), [theta.new_ones(n, n_rows)],
-               order, torch.zeros(n_rows, 1, dtype=torch.float64, device=theta.device))
+def _empty_band(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(log_q, offset, shift)`` of the band 0..0 (the empty subset): :math:`\\ell_0 = 0`, no
+    gradient."""
+    n_rows = theta.shape[0]
+    return (theta.new_zeros(n_rows, 1),
+            torch.zeros(n_rows, 1, dtype=torch.float64, device=theta.device),
+            theta.new_zeros(n_rows))
 
 
 def esp_tables(theta, phi, k_min, k_max):
-    r"""The sampler's tables (``ESP``) for detached ``theta`` ``(T, n)``, without marginals."""
-    if k_max == 0:
-        return _empty_band(theta)
+    r"""The sampler's tables (:class:`~probmoe_fast.ops.fast_path.SplitESP`) for detached
+    ``theta`` ``(T, n)`` and ``k_max >= 1``, without marginals."""
     return fast_forward(theta, phi, k_min, k_max, with_marginals=False)[0]
 
 
 def draw_samples(esp, size_logits, k_min, k_max, n_samples, generator):
-    r"""``n_samples`` exact draws per row from ``esp``'s tables: ``(n_samples * T, n)``. A row
-    whose tables are NaN (NaN logits past ``validate_args=False``) gets a NaN row; the others
-    are unaffected."""
+    r"""``n_samples`` exact draws per row from ``esp``'s tables (``k_max >= 1``):
+    ``(n_samples * T, n)``, draw r from row r mod T (:mod:`probmoe_fast._core.sampling`: the
+    size, then the tail count given the size, then both subsets). A row whose tables are NaN
+    (NaN logits past ``validate_args=False``) gets a NaN row; the others are unaffected."""
     n_rows = esp.shift.shape[0]
+    n_draws = n_samples * n_rows
+    like = esp.tail_table
+    rows = None if n_samples == 1 else torch.arange(n_draws, device=like.device) % n_rows
     if k_min == k_max:
-        sizes = torch.full((n_samples * n_rows,), k_min, dtype=torch.long, device=esp.shift.device)
+        sizes = torch.full((n_draws,), k_min, dtype=torch.long, device=like.device)
     else:
-        probs = size_probs(esp.log_q.detach(), esp.shift, k_min,
+        probs = size_probs(esp.log_q, esp.shift, k_min,
                            None if size_logits is None else size_logits.detach(), esp.offset)
         cumulative = torch.cumsum(probs, dim=-1).repeat(n_samples, 1)
-        u = 1.0 - torch.rand(cumulative.shape[0], generator=generator, dtype=probs.dtype,
-                             device=probs.device)
+        u = uniform_open_closed(n_draws, generator, probs)
         # a NaN row finds no size; clamped, its draw stays inside the tables (and is NaN below)
         sizes = inverse_cdf(cumulative, u).clamp_(max=k_max - k_min) + k_min
-    z = sample_subsets(esp.tables, esp.order, sizes, generator)
+    source = torch.arange(n_draws, device=like.device) if rows is None else rows
+    posterior = esp.comb.joint[source, sizes - k_min]                 # (R, K+1): P(a | j) R_j
+    u = uniform_open_closed(n_draws, generator, like)
+    tail_count = torch.minimum(inverse_cdf(torch.cumsum(posterior, -1), u), sizes)
+    u_tail = uniform_open_closed((k_max, n_draws), generator, like)
+    u_top = uniform_open_closed((k_max, n_draws), generator, like)
+    tail, tail_in = draw_members(esp.tail_table, tail_count, rows, u_tail)
+    top, top_in = draw_members(esp.top_table, sizes - tail_count, rows, u_top)
+    top_experts = esp.top if rows is None else esp.top[rows]
+    z = like.new_zeros(n_draws, like.shape[0] - 1)
+    z.scatter_add_(-1, tail, tail_in.to(z.dtype))
+    z.scatter_add_(-1, top_experts.gather(-1, top), top_in.to(z.dtype))
     undefined = torch.isnan(esp.log_q).any(-1).repeat(n_samples)
     return z.masked_fill_(undefined[:, None], float("nan"))
 
@@ -122,15 +136,18 @@ class ESPFunction(torch.autograd.Function):
         theta = theta.detach()
         phi = None if size_logits is None else size_logits.detach()
         if k_max == 0:  # the empty subset: m = 0 (log Z may still depend on phi_0)
-            esp, m = _empty_band(theta), torch.zeros_like(theta)
+            (log_q, offset, shift), m = _empty_band(theta), torch.zeros_like(theta)
             order = torch.zeros(theta.shape[0], 0, dtype=torch.int16, device=theta.device)
         else:
             esp, m, order = fast_forward(theta, phi, k_min, k_max)
-        if n_samples > 0:
+            log_q, offset, shift = esp.log_q, esp.offset, esp.shift
+        if n_samples > 0 and k_max == 0:
+            sample = theta.new_zeros(n_samples * theta.shape[0], theta.shape[1])
+        elif n_samples > 0:
             sample = draw_samples(esp, phi, k_min, k_max, n_samples, generator)
         else:
             sample = theta.new_empty(0)
-        return esp.log_q, esp.offset, esp.shift, m, sample, order
+        return log_q, offset, shift, m, sample, order
 
     @staticmethod
     def setup_context(ctx, inputs, output):

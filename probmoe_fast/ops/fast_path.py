@@ -2,160 +2,176 @@ r"""The analytic fast path of :class:`~probmoe_fast.ops.esp_function.ESPFunction
 row at every spread and size: forward, the exact vector–Jacobian product and the exact
 Jacobian–vector product.
 
-Tables (:mod:`probmoe_fast._core.expert_major`) in the table order of
-:mod:`probmoe_fast._core.levels` (the top :math:`K` first), with the per-level normalised
-multipliers :math:`\mu_{l,a}` and the static gauge, so that every entry is representable in
-float32 whatever the spread of the logits and up to :math:`\binom{256}{32} \approx e^{94}`.
-Forward: :math:`\ell_j = \log P_{n,j} + o_j` (:math:`o_j` from
-:func:`~probmoe_fast._core.levels.level_offsets`, float64),
-:math:`\log Z = \operatorname{logsumexp}_j(\phi_j + jc + \ell_j)`, terminal weights
-:math:`\gamma_j = e^{\phi_j + jc + o_j - \log Z} = p_j / P_{n,j}` (so :math:`B_{0,0} = 1`;
-formed from the relative scores of :mod:`probmoe_fast._core.partition`) and
+Two tables per batch (:mod:`probmoe_fast._core.split`): the top :math:`K` experts' (``(K+1,
+K+1, T)``, per-level normalised) and the tail's (``(n+1, K+1, T)``, expert order, one multiplier
+per expert broadcast over the levels), joined by the small :class:`~probmoe_fast._core.split.
+Combination`. Forward: :math:`\ell_j = \log \hat e_j + \log R_j + o_j` (:math:`o_j` from
+:func:`~probmoe_fast._core.levels.level_offsets` of the top block, float64), the size
+probabilities :math:`p` from the relative scores of :mod:`probmoe_fast._core.partition`, and the
+marginals as the pair sums (:func:`~probmoe_fast._core.expert_major.pair_sums`) of both tables
+with the terminal weights of the level weights :math:`p`.
 
-.. math::  m_l = \sum_a P_{l,a}\, \mu_{l,a+1} B_{l+1,a+1}.
-
-Backward for cotangents :math:`(\bar\ell, v)`, from the tilted tables (:math:`B'` carries the
-terminal weights :math:`\bar\ell_j / P_{n,j}`, which add :math:`\sum_j \bar\ell_j
-\nabla_\theta \ell_j`):
+Backward for cotangents :math:`(\bar\ell, v)`: the tilted tables along :math:`v`
+(:func:`~probmoe_fast._core.expert_major.prefix_with_tilt`, dual numbers), their pair sums
+:math:`(s, s')` with the marginals' terminal weights and, as tilt terminal weights, how those
+move (:func:`~probmoe_fast._core.split.tilt_terminals`) plus the terminal weights of the level
+weights :math:`\bar\ell`; then
 
 .. math::
 
-    \bar\theta_l = v_l m_l + s'_l - m_l (m \cdot v), \qquad
-    \bar\phi_j = \gamma_j P'_{n,j} - (m \cdot v)\, p_j,
+    \bar\theta = s' + v \odot m - m\,(m \cdot v), \qquad
+    \bar\phi_j = p_j (\ell'_j - m \cdot v),
 
-i.e. :math:`\mathrm{Cov}(z) v = E[z (z \cdot v)] - m (m \cdot v)` and
-:math:`\partial (v \cdot m) / \partial \phi_j = \mathrm{Cov}(z \cdot v, [|S| = j])`.
+i.e. :math:`\mathrm{Cov}(z) v + \sum_j \bar\ell_j \nabla_\theta \ell_j` and
+:math:`\partial (v \cdot m) / \partial \phi_j = \mathrm{Cov}(z \cdot v, [|S| = j])`, with
+:math:`\ell'_j = E[z \cdot v \mid |S| = j]` (:func:`~probmoe_fast._core.split.log_derivative`).
 The Jacobian–vector product for tangents :math:`(u, \dot\phi)` runs the same tables with
-:math:`v = u` and :math:`B'` terminal weights :math:`\gamma_j \dot\phi_j`:
+:math:`v = u` and level weights :math:`p \odot \dot\phi`:
+:math:`\dot\ell_j = \ell'_j`, :math:`\dot m = s' + u \odot m - m (m \cdot u + p \cdot \dot\phi)`
+(:math:`\mathrm{Cov}(z)` is symmetric). Masked experts have multiplier 0, hence exactly zero
+marginals and gradients.
 
-.. math::
-
-    \dot\ell_j = P'_{n,j} / P_{n,j} = E[z \cdot u \mid |S| = j], \qquad
-    \dot m_l = u_l m_l + s'_l - m_l (m \cdot u + p \cdot \dot\phi)
-
-(:math:`\mathrm{Cov}(z)` is symmetric, so :math:`\dot m` is the backward's product with
-:math:`u`, plus the size-logit term). Masked experts have :math:`\mu_{l,\cdot} = 0`, hence
-exactly zero marginals and gradients.
-
-Cost: forward one ``torch.topk``, :math:`O(Tn)` for the layout and the multipliers, then
-:math:`2n` fused ops on ``(K, T)`` slabs (the prefix table and the streamed completion,
-:func:`~probmoe_fast._core.expert_major.pair_sums`) plus three ops per chunk of positions for
-the pairing; backward and JVP :math:`4n` such ops plus four per chunk (the layout comes from the
-saved table order; the tables are recomputed, never saved, the tilted ones alongside).
-Transient memory: the ``(n, K, T)`` multipliers and one ``(n+1, K+1, T)`` table forward (it is
-the sampler's), two of each backward, plus ``O(nT)``.
+Cost: forward one ``torch.topk``, one ``(T, n)`` exp, :math:`n + K` fused ops on ``(K, T)``
+slabs for the prefix tables and as many for the streamed completions
+(:func:`~probmoe_fast._core.expert_major.pair_sums`) plus three per chunk of positions; backward
+and JVP twice that; :math:`O(TK^2)` for the combination. Saved for backward: the top experts
+``(T, K)`` int16; the tables are recomputed. Transient memory: one ``(n+1, K+1, T)`` table
+forward (it is the sampler's), two backward, plus ``O(nT)``.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from .._core import expert_major as em
-from .._core.esp import ESP
-from .._core.levels import (layout_from_order, level_offsets, multipliers, saved_order,
-                            static_gauge, table_layout, top_indices)
+from .._core import split as sp
+from .._core.levels import level_offsets, normalisers, top_indices
 from .._core.partition import size_scores
 
-__all__ = ["fast_forward", "fast_backward", "fast_jvp"]
+__all__ = ["SplitESP", "fast_forward", "fast_backward", "fast_jvp"]
 
 
-def _terminal(values: torch.Tensor, k_min: int, k_max: int) -> torch.Tensor:
-    """``(K+1, T)`` with ``values`` ``(T, L)`` at levels ``k_min..k_max``, 0 below."""
-    out = values.new_zeros(k_max + 1, values.shape[0])
-    out[k_min:] = values.T
-    return out
+class SplitESP(NamedTuple):
+    r"""The forward's tables, what the sampler reads: ``log_q`` ``(T, L)`` and ``offset``
+    ``(T, L)`` float64 (:math:`\ell_j` = ``log_q + offset``), ``shift`` ``(T,)``, ``top``
+    ``(T, K)`` int64, ``top_table`` ``(K+1, K+1, T)``, ``tail_table`` ``(n+1, K+1, T)`` and the
+    :class:`~probmoe_fast._core.split.Combination`."""
+
+    log_q: torch.Tensor
+    offset: torch.Tensor
+    shift: torch.Tensor
+    top: torch.Tensor
+    top_table: torch.Tensor
+    tail_table: torch.Tensor
+    comb: sp.Combination
 
 
-def _setup(theta, k_min, k_max, layout):
-    """``(layout, mu, offset)`` for detached ``theta`` and its table layout."""
-    q = static_gauge(theta.shape[-1], k_max, theta.dtype, theta.device)
-    mu = multipliers(layout.xs, layout.rho, q)
-    return layout, mu, level_offsets(layout.rho, layout.shift, q, k_min, k_max)
+class _Setup(NamedTuple):
+    top: torch.Tensor
+    shift: torch.Tensor
+    offset: torch.Tensor
+    rho: torch.Tensor
+    q: torch.Tensor
+    gauge: int
+    top_mu: torch.Tensor
+    tail_mu: torch.Tensor
 
 
-def _band_weights(last, shift, k_min, size_logits, offset):
-    """``(log_q, gamma, p, keep)`` ``(T, L)`` from the band's last-prefix values."""
-    keep = last > 0
-    safe = torch.where(keep, last, torch.ones_like(last))
-    log_q = torch.log(last)  # -inf where e_j = 0, NaN on a NaN row (validation off)
-    # gamma_j = e^{phi_j + jc + o_j - log Z} = p_j / P_{n,j}, with p = softmax of the relative
-    # scores of probmoe_fast._core.partition (no large offset ever enters an exponent)
-    p = torch.softmax(size_scores(log_q, shift, k_min, size_logits, offset), dim=-1)
-    gamma = torch.where(keep, p / safe, torch.zeros_like(last))
-    return log_q, gamma, p, keep
+def _setup(theta, k_min, k_max, top):
+    """Multipliers, gauges and offsets of detached ``theta`` ``(T, n)`` for its top experts."""
+    rho, shift = normalisers(theta.gather(-1, top))
+    top_mu, q = sp.top_multipliers(theta.gather(-1, top), rho)
+    gauge = sp.tail_gauge(theta.shape[-1], k_max)
+    tail_mu = sp.tail_multipliers(theta, top, rho[:, -1], gauge)
+    offset = level_offsets(rho, shift, q, k_min, k_max)
+    return _Setup(top, shift, offset, rho, q, gauge, top_mu, tail_mu)
 
 
-def _expert_order(table_major: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-    """``(T, n)`` in expert order from ``(n, T)`` in table order."""
-    return table_major.T.gather(-1, position)
+def _levels(comb, setup, k_min):
+    r"""``(log_q, offset)`` ``(T, L)``: :math:`\log \hat e_j` and, in float64,
+    :math:`o_j + \log R_j` (:math:`\log R_j` reaches :math:`\log \binom{n}{j}`: kept apart,
+    it is not rounded to float32)."""
+    return torch.log(comb.top_last[:, k_min:]), setup.offset + comb.log_ratio
+
+
+def _size_probs(log_q, shift, k_min, size_logits, offset):
+    return torch.softmax(size_scores(log_q, shift, k_min, size_logits, offset), dim=-1)
+
+
+def _scatter_top(tail_part: torch.Tensor, top_part: torch.Tensor, top: torch.Tensor):
+    """``(T, n)``: the tail's ``(n, T)`` values with the top experts' ``(K, T)`` written in
+    (the tail's are exactly 0 there)."""
+    return tail_part.T.scatter(-1, top, top_part.T)
 
 
 def fast_forward(theta, size_logits, k_min, k_max, with_marginals=True):
-    r"""``(ESP, m or None, order)`` for detached ``theta`` ``(T, n)`` (``k_max >= 1``);
-    ``order`` ``(T, n)`` int16 is the table order the backward lays the tables out with again
-    (:func:`~probmoe_fast._core.levels.saved_order`). Without
-    ``with_marginals`` only the prefix table is built (enough to sample)."""
-    layout = table_layout(theta, top_indices(theta, k_max))
-    layout, mu, offset = _setup(theta, k_min, k_max, layout)
-    table = em.prefix(mu, k_max)
-    log_q, gamma, _, _ = _band_weights(table[-1, k_min:].T, layout.shift, k_min, size_logits,
-                                       offset)
+    r"""``(SplitESP, m or None, top)`` for detached ``theta`` ``(T, n)`` (``k_max >= 1``);
+    ``top`` ``(T, K)`` int16 are the top experts the backward builds the tables with again.
+    Without ``with_marginals`` only the prefix tables are built (enough to sample)."""
+    s = _setup(theta, k_min, k_max, top_indices(theta, k_max))
+    top_table = em.prefix(s.top_mu, k_max)
+    tail_table = em.prefix(s.tail_mu, k_max)
+    comb = sp.combine(top_table[-1].T, tail_table[-1].T, s.rho, s.q, s.gauge, k_min, k_max)
+    log_q, offset = _levels(comb, s, k_min)
     m = None
     if with_marginals:
-        s = em.pair_sums(mu, table, _terminal(gamma, k_min, k_max))
-        m = _expert_order(s, layout.position)
-    levels = [table[1:, j] for j in range(k_max + 1)]  # position-major (n, T), table order
-    return ESP(log_q, layout.shift, levels, layout.order, offset), m, saved_order(layout)
+        p = _size_probs(log_q, s.shift, k_min, size_logits, offset)
+        tail_term, top_term = sp.level_terminals(comb, p)
+        m = _scatter_top(em.pair_sums(s.tail_mu, tail_table, tail_term),
+                         em.pair_sums(s.top_mu, top_table, top_term), s.top)
+    esp = SplitESP(log_q, offset, s.shift, s.top, top_table, tail_table, comb)
+    return esp, m, s.top.to(torch.int16 if theta.shape[-1] <= 2 ** 15 else torch.int32)
 
 
-def _tilted(theta, size_logits, k_min, k_max, order, v, extra):
-    r"""The tilted tables along ``v`` ``(T, n)`` (expert order): ``(layout, m, s', P'_n, P_n,
-    gamma, p, keep, v in table order)``, with :math:`B'` terminal weights
-    ``extra(last, keep, gamma)``."""
-    layout, mu, offset = _setup(theta, k_min, k_max, layout_from_order(theta, order, k_max))
-    v_table = v.gather(-1, layout.order).T.contiguous()  # (n, T)
-    mu_v = mu * v_table[:, None]
-    front = em.prefix_with_tilt(mu, mu_v, k_max)
-    last = front[-1, 0, k_min:].T
-    _, gamma, p, keep = _band_weights(last, layout.shift, k_min, size_logits, offset)
-    s, s_tilt = em.tilted_pair_sums(mu, mu_v, front, _terminal(gamma, k_min, k_max),
-                                    _terminal(extra(last, keep, gamma), k_min, k_max))
-    return layout, s, s_tilt, front[-1, 1, k_min:].T, last, gamma, p, keep, v_table
+def _tilted(theta, size_logits, k_min, k_max, top, v, level_weights):
+    r"""``(m, s', l', p, keep)`` along the tilt ``v`` ``(T, n)`` with extra level weights
+    ``level_weights(p)`` ``(T, L)`` (or None) in the tilt terminals."""
+    s = _setup(theta, k_min, k_max, top.long())
+    v_top = v.gather(-1, s.top).T
+    top_tilt_mu = s.top_mu * v_top[:, None]
+    tail_tilt_mu = s.tail_mu * v.T[:, None]
+    top_front = em.prefix_with_tilt(s.top_mu, top_tilt_mu, k_max)
+    tail_front = em.prefix_with_tilt(s.tail_mu, tail_tilt_mu, k_max)
+    top_last, top_dot = top_front[-1, 0].T, top_front[-1, 1].T
+    tail_last, tail_dot = tail_front[-1, 0].T, tail_front[-1, 1].T
+    comb = sp.combine(top_last, tail_last, s.rho, s.q, s.gauge, k_min, k_max)
+    log_q, offset = _levels(comb, s, k_min)
+    p = _size_probs(log_q, s.shift, k_min, size_logits, offset)
+    tail_term, top_term = sp.level_terminals(comb, p)
+    tail_move, top_move = sp.tilt_terminals(comb, p, top_dot, tail_dot)
+    extra = level_weights(p)
+    if extra is not None:
+        tail_extra, top_extra = sp.level_terminals(comb, extra)
+        tail_move, top_move = tail_move + tail_extra, top_move + top_extra
+    tail_sums = em.tilted_pair_sums(s.tail_mu, tail_tilt_mu, tail_front, tail_term, tail_move)
+    top_sums = em.tilted_pair_sums(s.top_mu, top_tilt_mu, top_front, top_term, top_move)
+    m = _scatter_top(tail_sums[0], top_sums[0], s.top)
+    s_tilt = _scatter_top(tail_sums[1], top_sums[1], s.top)
+    return m, s_tilt, sp.log_derivative(comb, top_dot, tail_dot), p, comb.keep
 
 
-def fast_backward(theta, size_logits, k_min, k_max, order, grad_log_q, grad_m):
+def fast_backward(theta, size_logits, k_min, k_max, top, grad_log_q, grad_m):
     r"""``(grad_theta, grad_size_logits)`` for cotangents ``grad_log_q`` ``(T, L)`` (or None)
     and ``grad_m`` ``(T, n)`` (or None); see the module docstring."""
     v = torch.zeros_like(theta) if grad_m is None else grad_m
-
-    def extra(last, keep, gamma):
-        if grad_log_q is None:
-            return torch.zeros_like(gamma)
-        return torch.where(keep, grad_log_q / torch.where(keep, last, torch.ones_like(last)),
-                           torch.zeros_like(last))
-    layout, m, s_tilt, tilt_last, _, gamma, p, _, v_table = _tilted(
-        theta, size_logits, k_min, k_max, order, v, extra)
-    m_dot_v = (m * v_table).sum(0)
-    grad = s_tilt.addcmul_(v_table, m).sub_(m * m_dot_v)
-    grad_phi = None
-    if size_logits is not None:
-        grad_phi = gamma * tilt_last - m_dot_v.unsqueeze(-1) * p
-    return _expert_order(grad, layout.position), grad_phi
+    m, s_tilt, slope, p, _ = _tilted(theta, size_logits, k_min, k_max, top, v,
+                                     lambda p: grad_log_q)
+    m_dot_v = (m * v).sum(-1, keepdim=True)
+    grad = s_tilt.addcmul_(v, m).sub_(m * m_dot_v)
+    grad_phi = None if size_logits is None else p * (slope - m_dot_v)
+    return grad, grad_phi
 
 
-def fast_jvp(theta, size_logits, k_min, k_max, order, theta_dot, size_logits_dot):
+def fast_jvp(theta, size_logits, k_min, k_max, top, theta_dot, size_logits_dot):
     r"""``(log_q_dot (T, L), m_dot (T, n))`` for tangents ``theta_dot`` ``(T, n)`` (or None)
     and ``size_logits_dot`` ``(T, L)`` (or None); see the module docstring."""
     u = torch.zeros_like(theta) if theta_dot is None else theta_dot
-
-    def extra(last, keep, gamma):
-        return torch.zeros_like(gamma) if size_logits_dot is None else gamma * size_logits_dot
-    layout, m, s_tilt, tilt_last, last, _, p, keep, u_table = _tilted(
-        theta, size_logits, k_min, k_max, order, u, extra)
-    mean = (m * u_table).sum(0)
+    m, s_tilt, slope, p, _ = _tilted(
+        theta, size_logits, k_min, k_max, top, u,
+        lambda p: None if size_logits_dot is None else p * size_logits_dot)
+    mean = (m * u).sum(-1, keepdim=True)
     if size_logits_dot is not None:
-        mean = mean + (p * size_logits_dot).sum(-1)
-    m_dot = s_tilt.addcmul_(u_table, m).sub_(m * mean)
-    log_q_dot = torch.where(keep, tilt_last / torch.where(keep, last, torch.ones_like(last)),
-                            torch.zeros_like(last))
-    return log_q_dot, _expert_order(m_dot, layout.position)
+        mean = mean + (p * size_logits_dot).sum(-1, keepdim=True)
+    return slope, s_tilt.addcmul_(u, m).sub_(m * mean)

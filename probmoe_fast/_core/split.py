@@ -1,0 +1,213 @@
+r"""The split tables of the fast path: the top :math:`K` experts in a small per-level normalised
+table, every other expert in one table whose multipliers do not depend on the level.
+
+Let :math:`K = k_{\max}`, :math:`\rho_1 \ge \dots \ge \rho_K` the top logits of a row (the
+normalisers of :mod:`probmoe_fast._core.levels`; :math:`-\infty` entries take the last finite
+one) and :math:`b = \rho_K`. The *top block* is the top :math:`K` experts, the *tail* all the
+others. With :math:`y = e^{\theta - b}`, every top weight is :math:`\ge 1` and every tail weight
+:math:`\le 1`, and
+
+.. math::
+
+    e_j(w) = \sum_{a=0}^{j} e_{j-a}(w_{\mathrm{top}})\, e_a(w_{\mathrm{tail}}), \qquad
+    \frac{e_j(w)}{e_j(w_{\mathrm{top}})} = R_j = \sum_{a} H_{j,a} \tau_a,
+
+with :math:`\tau_a = \alpha^a e_a(y_{\mathrm{tail}})` (the tail table's last entries;
+:math:`\alpha = 2^{-g}` an integer gauge) and :math:`H_{j,a} = \alpha^{-a}
+e_{j-a}(y_{\mathrm{top}}) / e_j(y_{\mathrm{top}})`. Both factors are bounded whatever the
+spread: :math:`\tau_a \le \binom{n-K}{a} \alpha^a` (tail weights :math:`\le 1`) and
+:math:`H_{j,a} \le \binom{j}{a} \alpha^{-a}` (top weights :math:`\ge 1`: every term of
+:math:`e_{j-a}` extends to :math:`\binom{K-j+a}{a}` terms of :math:`e_j` at least as large), so
+the gauge :func:`tail_gauge` keeps both inside float32 up to :math:`n = 256, k = 32`. What does
+underflow (a :math:`\tau_a` or :math:`H_{j,a}` below float32's range) is a probability below
+:math:`e^{-87}` times a binomial: :math:`H_{j,a}\tau_a / R_j` is :math:`P(a \text{ tail experts}
+\mid |S| = j)`.
+
+The tail multipliers :math:`\alpha y_l` are one number per expert and row, broadcast over the
+levels (``(n, 1, T)``, expert order, the top experts' exactly 0), so the tail table is built and
+paired by :mod:`probmoe_fast._core.expert_major` with no ``(n, K, T)`` multipliers and no
+reordering of the experts; the top block keeps the per-level multipliers of
+:mod:`~probmoe_fast._core.levels` on its :math:`K` positions (``(K, K, T)``). :math:`H` comes from
+the top table's last entries :math:`\hat e_c = e_c(w_{\mathrm{top}}) e^{-G_c}` and the float64
+exponents :math:`G_{j-a} - G_j + a b = -\sum_{c=j-a+1}^{j} (\rho_c + \kappa_c - b)`: differences
+of logits only.
+
+Marginals are those of the two tables with *terminal weights* (``pair_sums``): for level weights
+:math:`\varepsilon_j` (:math:`p_j` for the marginals, a cotangent or a tangent otherwise) the
+tail's are :math:`\sum_j (\varepsilon_j / R_j) H_{j,a}` and the top's
+:math:`\sum_j (\varepsilon_j / R_j) H_{j,j-c}\tau_{j-c} / \hat e_c`, so that the pair sums give
+:math:`\sum_j \varepsilon_j \nabla_\theta \log e_j(w)`. Along a tilt :math:`\theta + \epsilon v`
+(tilted tables :math:`\tau'`, :math:`\hat e'`, :math:`\lambda_c = \hat e'_c / \hat e_c`) the
+terminal weights of the marginals move by :math:`\sum_j w_j H_{j,a} \lambda_{j-a}` (tail) and
+:math:`\sum_j w_j H_{j,j-c}\tau'_{j-c} / \hat e_c` (top), :math:`w_j = p_j / R_j`, besides the
+common :math:`-(m \cdot v)` factor, and :math:`\ell'_j = \big(\sum_a H_{j,a}\tau_a
+\lambda_{j-a} + H_{j,a} \tau'_a\big) / R_j`.
+
+=====================  ============================  ==========================================
+function               returns                       cost
+=====================  ============================  ==========================================
+``tail_gauge``         ``g`` (int)                   :math:`O(K)`
+``tail_multipliers``   ``(n, 1, T)``                 one ``(T, n)`` exp
+``top_multipliers``    ``(K, K, T)``                 :math:`O(TK^2)`
+``combine``            :class:`Combination`          :math:`O(TK^2)`
+``level_terminals``    ``(tail, top)`` ``(K+1, T)``  :math:`O(TK^2)`
+``tilt_terminals``     ``(tail, top)`` ``(K+1, T)``  :math:`O(TK^2)`
+``log_derivative``     ``(T, L)``                    :math:`O(TK^2)`
+=====================  ============================  ==========================================
+
+Not differentiable (the fast path's tables); NaN logits (validation off) give NaN levels.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from .levels import multipliers, static_gauge
+
+__all__ = ["Combination", "tail_gauge", "tail_multipliers", "top_multipliers", "combine",
+           "level_terminals", "tilt_terminals", "log_derivative"]
+
+#: Below these exponents ``exp`` is exactly 0 in the dtype (float32 underflows below
+#: :math:`e^{-103.3}`, float64 below :math:`e^{-744.4}`): flooring there changes no bit of the
+#: result, and keeps ``exp`` off its slow path for exponents in the thousands.
+_EXP_FLOOR = {torch.float32: -110.0, torch.float64: -760.0}
+
+
+def _log2_binomial(n: int, a: int) -> float:
+    return (math.lgamma(n + 1) - math.lgamma(a + 1) - math.lgamma(n - a + 1)) / math.log(2)
+
+
+def tail_gauge(n: int, n_levels: int) -> int:
+    r"""The integer :math:`g \ge 0` (:math:`\alpha = 2^{-g}`) that minimises the larger of the
+    bounds :math:`\max_a \log_2 \binom{n-K}{a} - g a` (tail entries) and
+    :math:`\max_a \log_2 \binom{K}{a} + g a` (the :math:`H_{j,a}`): 0 up to
+    :math:`\binom{n-K}{K} \approx 2^{60}`, 2 at :math:`n = 256, K = 32` (both bounds below
+    :math:`2^{70}`)."""
+    n_tail = n - n_levels
+    reach = range(1, min(n_levels, n_tail) + 1)
+    if not reach:
+        return 0
+
+    def worst(g):
+        tail = max(_log2_binomial(n_tail, a) - g * a for a in reach)
+        top = max(_log2_binomial(n_levels, a) + g * a for a in reach)
+        return max(tail, top)
+    return min(range(0, 65), key=lambda g: (worst(g), g))
+
+
+def tail_multipliers(theta: torch.Tensor, top: torch.Tensor, base: torch.Tensor,
+                     gauge: int) -> torch.Tensor:
+    r""":math:`\alpha e^{\theta_l - b}` ``(n, 1, T)`` in expert order for ``theta`` ``(T, n)``,
+    the top experts ``top`` ``(T, K)`` set to exactly 0 and ``base`` :math:`b` ``(T,)``
+    (exponents are floored at ``_EXP_FLOOR`` and capped at 0, which only the top experts reach
+    past: neither changes a tail weight)."""
+    exponent = theta - base[:, None] - gauge * math.log(2)
+    floor = _EXP_FLOOR.get(theta.dtype, -math.inf)
+    u = torch.exp_(exponent.clamp_(min=floor, max=0.0)).scatter_(-1, top, 0.0)
+    return u.T.unsqueeze(1)
+
+
+def top_multipliers(top_x: torch.Tensor, rho: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""``(mu (K, K, T), q (K,))``: the top block's per-level multipliers
+    (:func:`~probmoe_fast._core.levels.multipliers` on its :math:`K` positions) and their static
+    gauge (:math:`\binom{K}{j}` centred)."""
+    n_levels = top_x.shape[-1]
+    q = static_gauge(n_levels, n_levels, top_x.dtype, top_x.device)
+    return multipliers(top_x, rho, q), q
+
+
+class Combination(NamedTuple):
+    r"""The two tables joined (``(T, L, K+1)`` tensors are level :math:`j = k_{\min}..k_{\max}` by
+    tail count :math:`a`; 0 where :math:`e_j = 0`):
+
+    ``h`` :math:`H_{j,a} / R_j`; ``joint`` :math:`\pi_{j,a} = H_{j,a}\tau_a / R_j`
+    (:math:`P(a \mid |S| = j)`); ``log_ratio`` ``(T, L)`` float64 :math:`\log R_j` (0 where
+    :math:`e_j = 0`); ``keep`` ``(T, L)`` :math:`e_j > 0`; ``top_last`` ``(T, K+1)``
+    :math:`\hat e_c`; ``by_top`` ``(index, valid)`` regrouping :math:`a` to :math:`c = j - a`.
+    :math:`R_j` itself is not representable (:math:`\binom{256}{32}` on tied rows); every factor
+    here is below :math:`2^{70}`."""
+
+    h: torch.Tensor
+    joint: torch.Tensor
+    log_ratio: torch.Tensor
+    keep: torch.Tensor
+    top_last: torch.Tensor
+    by_top: tuple[torch.Tensor, torch.Tensor]
+
+
+def _regroup(x: torch.Tensor, by_top) -> torch.Tensor:
+    """``(T, L, K+1)`` by tail count -> by top count :math:`c = j - a` (0 where :math:`c > j`)."""
+    index, valid = by_top
+    return x.gather(-1, index.expand(x.shape[0], -1, -1)).mul_(valid)
+
+
+def combine(top_last: torch.Tensor, tail_last: torch.Tensor, rho: torch.Tensor, q: torch.Tensor,
+            gauge: int, k_min: int, k_max: int) -> Combination:
+    r"""The :class:`Combination` of the top table's last entries ``top_last`` ``(T, K+1)``
+    (gauge ``q``, normalisers ``rho`` ``(T, K)``) and the tail's ``tail_last`` ``(T, K+1)``
+    (gauge ``g``), formed in float64 log space and rounded once."""
+    dtype, device = top_last.dtype, top_last.device
+    levels = torch.arange(k_min, k_max + 1, device=device)[:, None]          # j, (L, 1)
+    counts = torch.arange(k_max + 1, device=device)[None]                    # a, (1, K+1)
+    valid = counts <= levels                                                 # (L, K+1)
+    rest = (levels - counts).clamp_(min=0)                                   # j - a
+    # S_c = sum_{b <= c} (rho_b + kappa_b - rho_K): log H's exponent is S_{j-a} - S_j
+    steps = (rho.double() - rho[:, -1:].double()) + math.log(2) * q.double()
+    partial = torch.nn.functional.pad(torch.cumsum(steps, -1), (1, 0))     # (T, K+1)
+    log_top = torch.log(top_last.double())
+    keep = top_last[:, k_min:] > 0                                           # (T, L)
+    safe = torch.where(keep, log_top[:, k_min:], torch.zeros_like(log_top[:, k_min:]))
+    exponent = (log_top[:, rest] - safe[..., None] + partial[:, rest] - partial[:, levels]
+                + (gauge * math.log(2)) * counts.double())
+    live = valid & keep[..., None]
+    log_h = torch.where(live, exponent, torch.full_like(exponent, -math.inf))
+    log_joint = log_h + torch.log(tail_last.double())[:, None, :]
+    log_ratio = torch.logsumexp(log_joint, -1)                               # >= 0 where kept
+    log_ratio = torch.where(keep, log_ratio, torch.zeros_like(log_ratio))
+    h = torch.exp(log_h - log_ratio[..., None]).to(dtype)
+    joint = torch.exp(log_joint - log_ratio[..., None]).to(dtype)
+    by_top = (rest[None], valid[None].to(dtype))  # c = j - a is a = j - c: the same index
+    return Combination(h, joint, log_ratio, keep, top_last, by_top)
+
+
+def _safe_divide(x: torch.Tensor, by: torch.Tensor) -> torch.Tensor:
+    positive = by > 0
+    return torch.where(positive, x / torch.where(positive, by, torch.ones_like(by)),
+                       torch.zeros_like(x))
+
+
+def level_terminals(comb: Combination, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""``(tail, top)`` terminal weights ``(K+1, T)`` whose pair sums are
+    :math:`\sum_j \varepsilon_j \nabla_\theta \log e_j` for level weights ``weights``
+    :math:`\varepsilon` ``(T, L)``."""
+    weights = weights[..., None]
+    tail = (weights * comb.h).sum(1)
+    top = _safe_divide((weights * _regroup(comb.joint, comb.by_top)).sum(1), comb.top_last)
+    return tail.T.contiguous(), top.T.contiguous()
+
+
+def _log_slopes(comb: Combination, top_tilt: torch.Tensor) -> torch.Tensor:
+    r""":math:`\lambda` arranged by tail count, ``(T, L, K+1)``: :math:`\lambda_{j-a}`."""
+    slopes = _safe_divide(top_tilt, comb.top_last)                           # (T, K+1) by c
+    return slopes[:, comb.by_top[0][0]]
+
+
+def tilt_terminals(comb: Combination, p: torch.Tensor, top_tilt: torch.Tensor,
+                   tail_tilt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""``(tail, top)`` ``(K+1, T)``: how the marginals' terminal weights move along the tilt
+    with tilted last entries ``top_tilt`` :math:`\hat e'` and ``tail_tilt`` :math:`\tau'`
+    ``(T, K+1)`` (without the common :math:`-(m \cdot v)` factor)."""
+    p = p[..., None]
+    tail = (p * comb.h * _log_slopes(comb, top_tilt)).sum(1)
+    moved = _regroup(comb.h * tail_tilt[:, None, :], comb.by_top)
+    top = _safe_divide((p * moved).sum(1), comb.top_last)
+    return tail.T.contiguous(), top.T.contiguous()
+
+
+def log_derivative(comb: Combination, top_tilt: torch.Tensor,
+                   tail_tilt: torch.Tensor) -> torch.Tensor:
+    r""":math:`\ell'_j` ``(T, L)`` along the tilt (0 where :math:`e_j = 0`)."""
+    return (comb.joint * _log_slopes(comb, top_tilt) + comb.h * tail_tilt[:, None, :]).sum(-1)
