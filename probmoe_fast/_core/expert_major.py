@@ -111,6 +111,7 @@ def pair_sums(mu: torch.Tensor, front: torch.Tensor, terminal: torch.Tensor) -> 
     ``terminal`` ``(K+1, T)``: :math:`\gamma_a` (0 outside the band)."""
     n, _, rows = mu.shape
     n_levels = front.shape[-2] - 1
+    shared = mu.shape[1] == 1 and n_levels > 1
     steps = mu.unbind(0)
     s = mu.new_empty(n, rows)
     prod = mu.new_empty(_CHUNK, n_levels, rows)
@@ -124,6 +125,11 @@ def pair_sums(mu: torch.Tensor, front: torch.Tensor, terminal: torch.Tensor) -> 
 
     def pair(lo, hi, slabs):
         part = prod[:hi - lo]
+        if shared:  # one multiplier per position: applied after the sum over levels
+            torch.mul(front[lo:hi, :-1], slabs[:, 1:], out=part)
+            torch.sum(part, 1, out=s[lo:hi])
+            s[lo:hi].mul_(mu[lo:hi, 0])
+            return
         torch.mul(front[lo:hi, :-1], mu[lo:hi], out=part)
         part.mul_(slabs[:, 1:])
         torch.sum(part, 1, out=s[lo:hi])
@@ -139,6 +145,7 @@ def tilted_pair_sums(mu: torch.Tensor, mu_v: torch.Tensor, front: torch.Tensor,
     and the terminal weights :math:`\gamma`, :math:`\gamma'`."""
     n, _, rows = mu.shape
     n_levels = front.shape[-2] - 1
+    shared = mu.shape[1] == 1 and n_levels > 1
     steps, tilted = mu.unbind(0), mu_v.unbind(0)
     # per position: [sum mu P B, sum mu (P' B + P B')] (slabs hold B, B')
     sums = mu.new_empty(n, 2, rows)
@@ -158,10 +165,15 @@ def tilted_pair_sums(mu: torch.Tensor, mu_v: torch.Tensor, front: torch.Tensor,
 
     def pair(lo, hi, slabs):
         part, fronts = prod[:hi - lo], scaled[:hi - lo]
-        torch.mul(front[lo:hi, :, :-1], mu[lo:hi, None], out=fronts)
+        if shared:  # one multiplier per position: applied after the sum over levels
+            fronts = front[lo:hi, :, :-1]
+        else:
+            torch.mul(front[lo:hi, :, :-1], mu[lo:hi, None], out=fronts)
         torch.mul(fronts, slabs[:, :1, 1:], out=part)
         part[:, 1].addcmul_(fronts[:, 0], slabs[:, 1, 1:])
         torch.sum(part, 2, out=sums[lo:hi])
+        if shared:
+            sums[lo:hi].mul_(mu[lo:hi])
 
     _streamed(torch.stack([terminal, tilt_terminal]), n, step, pair)
     return sums.transpose(0, 1)

@@ -63,7 +63,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["Layout", "top_indices", "normalisers", "table_layout", "static_gauge", "final_gauge",
+__all__ = ["Layout", "top_indices", "normalisers", "exp_floored", "table_layout", "static_gauge", "final_gauge",
            "multipliers", "level_offsets"]
 
 
@@ -133,6 +133,20 @@ def final_gauge(last: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return q.expand_as(last) + step
 
 
+def exp_floored(exponent: torch.Tensor) -> torch.Tensor:
+    r""":math:`e^x` of a fresh tensor ``exponent`` :math:`\le 0` where it matters (overwritten;
+    positive exponents, met only on entries the caller masks, are capped at 0), with every
+    result below :math:`2^{8}` times the dtype's smallest normal number (float32:
+    :math:`e^{-79.3}`) exactly 0; NaN stays NaN. Only multipliers relative to a normaliser at
+    least as large go through here, and an expert of weight :math:`u` relative to it has
+    marginal at most :math:`n u` (swap it with the normaliser's expert), far below DESIGN.md §6.
+    The flush keeps ``exp`` off its slow paths (overflow and underflow) and subnormal numbers,
+    slow in every later operation on x86, out of the multipliers."""
+    cut = math.log(torch.finfo(exponent.dtype).tiny) + 8.0
+    weights = torch.exp_(exponent.clamp_(min=cut - 1.0, max=0.0))
+    return torch.nn.functional.threshold_(weights, math.exp(cut), 0.0)
+
+
 def multipliers(xs: torch.Tensor, rho: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     r""":math:`\mu` ``(n, K, T)`` (position, level ``j = 1..K``, row) for table-order logits
     ``xs`` ``(T, n)``, normalisers ``rho`` ``(T, K)`` and gauge exponents ``q`` ``(K,)`` or
@@ -142,11 +156,11 @@ def multipliers(xs: torch.Tensor, rho: torch.Tensor, q: torch.Tensor) -> torch.T
     x, r = xs.T.contiguous(), rho.T.contiguous()                         # (n, T), (K, T)
     scale = torch.exp2(-(q[:, None] if q.dim() == 1 else q.T))          # (K, 1) or (K, T)
     mu = xs.new_empty(n, n_top, n_rows)
-    top = torch.exp_(x[:n_top, None] - r[None]).mul_(scale[None])
+    top = exp_floored(x[:n_top, None] - r[None]).mul_(scale[None])
     structural = torch.ones(n_top, n_top, dtype=torch.bool, device=xs.device).triu_(1)
     mu[:n_top] = top.masked_fill_(structural[..., None], 0.0)            # l < j - 1
     if n > n_top:
-        w = torch.exp_(x[n_top:] - r[-1])                                # (n - K, T), <= 1
+        w = exp_floored(x[n_top:] - r[-1])                              # (n - K, T), <= 1
         ratio = torch.exp_(r[-1] - r).mul_(scale)                        # (K, T), <= 2^-q
         torch.mul(w[:, None], ratio[None], out=mu[n_top:])
     return mu

@@ -64,29 +64,25 @@ def inverse_cdf(cumulative: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 def draw_members(table: torch.Tensor, counts: torch.Tensor, rows: torch.Tensor | None,
                  u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     r"""One exact ``counts[r]``-subset of the positions of ``table`` per draw; see the module
-    docstring (``rows`` None: draw r uses row r)."""
+    docstring (``rows`` None: draw r uses row r). The levels are visited from the top down: a
+    draw of count :math:`a` takes its members at levels :math:`a, a-1, \dots, 1`, so every
+    step reads one level slice for all draws (no per-draw gather of the table), and a draw's
+    member at level :math:`j` uses ``u[j - 1]``."""
     n_pos = table.shape[0] - 1
-    levels = table[1:]                                             # (m, K+1, T)
-    steps = int(counts.max()) if counts.numel() else 0
-    remaining = counts.clone()
+    top = int(counts.max()) if counts.numel() else 0
     bound = torch.full_like(counts, n_pos)  # the next member sits at a position < bound
     positions, members = [], []
-    for step in range(steps):
-        active = remaining > 0
-        level = remaining.clamp(min=0)
-        if rows is None:  # (m, R): each draw's level, vectorised over draws
-            cdf = levels.gather(1, level.view(1, 1, -1).expand(n_pos, 1, -1)).squeeze(1)
-        else:
-            cdf = levels[:, level, rows]
+    for level in range(top, 0, -1):
+        active = counts >= level
+        cdf = table[1:, level] if rows is None else table[1:, level][:, rows]      # (m, R)
         last = (bound - 1).clamp(min=0)
         # the first position whose CDF reaches the target is the number of positions below it
         # (the CDF is nondecreasing, so none at or past `bound` is counted)
-        below = cdf < u[step] * cdf.gather(0, last.unsqueeze(0))
+        below = cdf < u[level - 1] * cdf.gather(0, last.unsqueeze(0))
         found = below.sum(0, dtype=torch.int32).clamp_(max=n_pos - 1).long()
         positions.append(found)
         members.append(active)
         bound = torch.where(active, found, bound)
-        remaining = remaining - active.long()
     if not positions:
         empty = counts.new_zeros(counts.shape[0], 0)
         return empty, empty.bool()

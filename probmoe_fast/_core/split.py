@@ -65,16 +65,10 @@ from typing import NamedTuple
 
 import torch
 
-from .levels import multipliers, static_gauge
+from .levels import exp_floored, multipliers, static_gauge
 
 __all__ = ["Combination", "tail_gauge", "tail_multipliers", "top_multipliers", "combine",
            "level_terminals", "tilt_terminals", "log_derivative"]
-
-#: Below these exponents ``exp`` is exactly 0 in the dtype (float32 underflows below
-#: :math:`e^{-103.3}`, float64 below :math:`e^{-744.4}`): flooring there changes no bit of the
-#: result, and keeps ``exp`` off its slow path for exponents in the thousands.
-_EXP_FLOOR = {torch.float32: -110.0, torch.float64: -760.0}
-
 
 def _log2_binomial(n: int, a: int) -> float:
     return (math.lgamma(n + 1) - math.lgamma(a + 1) - math.lgamma(n - a + 1)) / math.log(2)
@@ -102,12 +96,11 @@ def tail_multipliers(theta: torch.Tensor, top: torch.Tensor, base: torch.Tensor,
                      gauge: int) -> torch.Tensor:
     r""":math:`\alpha e^{\theta_l - b}` ``(n, 1, T)`` in expert order for ``theta`` ``(T, n)``,
     the top experts ``top`` ``(T, K)`` set to exactly 0 and ``base`` :math:`b` ``(T,)``
-    (exponents are floored at ``_EXP_FLOOR`` and capped at 0, which only the top experts reach
-    past: neither changes a tail weight)."""
+    (:func:`~probmoe_fast._core.levels.exp_floored`: only the top experts' exponents are
+    positive)."""
     exponent = theta - base[:, None] - gauge * math.log(2)
-    floor = _EXP_FLOOR.get(theta.dtype, -math.inf)
-    u = torch.exp_(exponent.clamp_(min=floor, max=0.0)).scatter_(-1, top, 0.0)
-    return u.T.unsqueeze(1)
+    u = exp_floored(exponent).scatter_(-1, top, 0.0)
+    return u.T.contiguous().unsqueeze(1)
 
 
 def top_multipliers(top_x: torch.Tensor, rho: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
