@@ -22,7 +22,7 @@ v_l)` at :math:`\epsilon = 0` (dual numbers), plus, for :math:`B'`, a second set
 weights :math:`\gamma'` carried along linearly. The prefix tables are stored; the completion is
 only ever needed paired with them, :math:`s_l = \sum_{a<K} P_{l,a} \mu_{l,a+1} B_{l+1,a+1}`
 (the weight of all subsets that contain expert :math:`l`), so it is streamed from
-:math:`l = n` down through a ring of ``_CHUNK + 1`` slabs and paired with the stored prefix
+:math:`l = n` down through a ring of a few slabs and paired with the stored prefix
 slabs a chunk of positions at a time (two products and one sum per chunk; no completion table,
 no ``(n, K, T)`` product).
 
@@ -39,7 +39,10 @@ function                    returns                 cost (time; memory)
 ==========================  ======================  ========================================
 
 with :math:`s'_l = \sum_{a<K} \mu_{l,a+1} (P'_{l,a} B_{l+1,a+1} + P_{l,a} B'_{l+1,a+1})`, the
-tilt derivative of :math:`s_l` from the other positions. Inputs are float32/float64,
+tilt derivative of :math:`s_l` from the other positions. The multipliers may also be
+``(n, 1, T)``, one per position broadcast over the levels (the tail table of
+:mod:`probmoe_fast._core.split`); the pairing then applies them after the sum over levels.
+Inputs are float32/float64,
 multipliers finite and nonnegative (masked experts: exactly 0). Not differentiable (used inside
 the autograd Functions' forward and first-order backward).
 """
@@ -81,29 +84,31 @@ def prefix_with_tilt(mu: torch.Tensor, mu_v: torch.Tensor, n_levels: int) -> tor
 
 
 #: Completion slabs kept per chunk: the chunk's pair products are formed by one ``mul`` and one
-#: ``sum`` over all its positions (fewer, larger ops), with a working set that stays in cache.
+#: ``sum`` over all its positions (fewer, larger ops), with a working set that stays in cache;
+#: the tilted slabs are twice as large, and measured fastest in chunks of 2 (``T = 4096``).
 _CHUNK = 8
+_TILTED_CHUNK = 2
 
 
-def _chunks(n: int):
-    """``(lo, hi)`` position chunks from the top, ``hi - lo <= _CHUNK``."""
-    return [(max(hi - _CHUNK, 0), hi) for hi in range(n, 0, -_CHUNK)]
+def _chunks(n: int, chunk: int):
+    """``(lo, hi)`` position chunks from the top, ``hi - lo <= chunk``."""
+    return [(max(hi - chunk, 0), hi) for hi in range(n, 0, -chunk)]
 
 
-def _streamed(terminal: torch.Tensor, n: int, step, pair) -> None:
+def _streamed(terminal: torch.Tensor, n: int, step, pair, chunk: int) -> None:
     r"""Run the completion down from :math:`B_n` = ``terminal`` through a ring of
-    ``_CHUNK + 1`` slabs: ``step(ring, j, p)`` forms slot ``j`` (position :math:`p`) from slot
+    ``chunk + 1`` slabs (``chunk >= 2``): ``step(ring, j, p)`` forms slot ``j`` (position :math:`p`) from slot
     ``j + 1`` (with ``top=True`` it writes the top slot instead, which starts the next chunk);
     ``pair(lo, hi, slabs)`` gets :math:`B_{lo+1..hi}` as ``slabs``. Level :math:`K` (constant)
     is written once, by the broadcast fill."""
-    ring = terminal.new_empty(_CHUNK + 1, *terminal.shape)
+    ring = terminal.new_empty(chunk + 1, *terminal.shape)
     ring[:] = terminal
-    for lo, hi in _chunks(n):
+    for lo, hi in _chunks(n, chunk):
         for p in range(hi - 1, lo, -1):
-            step(ring, p - hi + _CHUNK, p)
-        pair(lo, hi, ring[lo + 1 - hi + _CHUNK:])
+            step(ring, p - hi + chunk, p)
+        pair(lo, hi, ring[lo + 1 - hi + chunk:])
         if lo:  # position lo starts the next chunk, in the top slot
-            step(ring, lo - hi + _CHUNK, lo, top=True)
+            step(ring, lo - hi + chunk, lo, top=True)
 
 
 def pair_sums(mu: torch.Tensor, front: torch.Tensor, terminal: torch.Tensor) -> torch.Tensor:
@@ -134,7 +139,7 @@ def pair_sums(mu: torch.Tensor, front: torch.Tensor, terminal: torch.Tensor) -> 
         part.mul_(slabs[:, 1:])
         torch.sum(part, 1, out=s[lo:hi])
 
-    _streamed(terminal, n, step, pair)
+    _streamed(terminal, n, step, pair, _CHUNK)
     return s
 
 
@@ -149,8 +154,8 @@ def tilted_pair_sums(mu: torch.Tensor, mu_v: torch.Tensor, front: torch.Tensor,
     steps, tilted = mu.unbind(0), mu_v.unbind(0)
     # per position: [sum mu P B, sum mu (P' B + P B')] (slabs hold B, B')
     sums = mu.new_empty(n, 2, rows)
-    prod = mu.new_empty(_CHUNK, 2, n_levels, rows)
-    scaled = mu.new_empty(_CHUNK, 2, n_levels, rows)
+    prod = mu.new_empty(_TILTED_CHUNK, 2, n_levels, rows)
+    scaled = mu.new_empty(_TILTED_CHUNK, 2, n_levels, rows)
     views = None
 
     def step(ring, j, p, top=False):
@@ -159,7 +164,7 @@ def tilted_pair_sums(mu: torch.Tensor, mu_v: torch.Tensor, front: torch.Tensor,
             views = (ring[:, :, 1:].unbind(0), ring[:, :, :-1].unbind(0),
                      ring[:, 0, 1:].unbind(0), ring[:, 1, :-1].unbind(0))
         upper, lower, plain_upper, tilt_lower = views
-        out = _CHUNK if top else j
+        out = _TILTED_CHUNK if top else j
         torch.addcmul(lower[j + 1], steps[p], upper[j + 1], out=lower[out])
         tilt_lower[out].addcmul_(tilted[p], plain_upper[j + 1])
 
@@ -175,5 +180,5 @@ def tilted_pair_sums(mu: torch.Tensor, mu_v: torch.Tensor, front: torch.Tensor,
         if shared:
             sums[lo:hi].mul_(mu[lo:hi])
 
-    _streamed(torch.stack([terminal, tilt_terminal]), n, step, pair)
+    _streamed(torch.stack([terminal, tilt_terminal]), n, step, pair, _TILTED_CHUNK)
     return sums.transpose(0, 1)

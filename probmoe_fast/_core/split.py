@@ -77,9 +77,8 @@ def _log2_binomial(n: int, a: int) -> float:
 def tail_gauge(n: int, n_levels: int) -> int:
     r"""The integer :math:`g \ge 0` (:math:`\alpha = 2^{-g}`) that minimises the larger of the
     bounds :math:`\max_a \log_2 \binom{n-K}{a} - g a` (tail entries) and
-    :math:`\max_a \log_2 \binom{K}{a} + g a` (the :math:`H_{j,a}`): 0 up to
-    :math:`\binom{n-K}{K} \approx 2^{60}`, 2 at :math:`n = 256, K = 32` (both bounds below
-    :math:`2^{70}`)."""
+    :math:`\max_a \log_2 \binom{K}{a} + g a` (the :math:`H_{j,a}`): 2 at :math:`n = 64, K = 8`
+    (both bounds below :math:`2^{31}`) and at :math:`n = 256, K = 32` (below :math:`2^{70}`)."""
     n_tail = n - n_levels
     reach = range(1, min(n_levels, n_tail) + 1)
     if not reach:
