@@ -112,34 +112,34 @@ def top_multipliers(top_x: torch.Tensor, rho: torch.Tensor) -> tuple[torch.Tenso
 
 
 class Combination(NamedTuple):
-    r"""The two tables joined (``(T, L, K+1)`` tensors are level :math:`j = k_{\min}..k_{\max}` by
-    tail count :math:`a`; 0 where :math:`e_j = 0`):
+    r"""The two tables joined, rows last (``(L, K+1, T)`` tensors are level
+    :math:`j = k_{\min}..k_{\max}` by tail count :math:`a` by row; 0 where :math:`e_j = 0`):
 
     ``h`` :math:`H_{j,a} / R_j`; ``joint`` :math:`\pi_{j,a} = H_{j,a}\tau_a / R_j`
-    (:math:`P(a \mid |S| = j)`); ``log_ratio`` ``(T, L)`` float64 :math:`\log R_j` (0 where
-    :math:`e_j = 0`); ``keep`` ``(T, L)`` :math:`e_j > 0`; ``top_last`` ``(T, K+1)``
-    :math:`\hat e_c`; ``by_top`` ``(index, valid)`` regrouping :math:`a` to :math:`c = j - a`.
-    :math:`R_j` itself is not representable (:math:`\binom{256}{32}` on tied rows); every factor
-    here is below :math:`2^{70}`."""
+    (:math:`P(a \mid |S| = j)`); ``log_ratio`` ``(L, T)`` float64 :math:`\log R_j` (0 where
+    :math:`e_j = 0`); ``keep`` ``(L, T)`` :math:`e_j > 0`; ``top_last`` ``(K+1, T)``
+    :math:`\hat e_c`; ``by_top`` ``(levels, index, valid)`` regrouping :math:`a` to
+    :math:`c = j - a`. :math:`R_j` itself is not representable (:math:`\binom{256}{32}` on tied
+    rows); every factor here is below :math:`2^{70}`."""
 
     h: torch.Tensor
     joint: torch.Tensor
     log_ratio: torch.Tensor
     keep: torch.Tensor
     top_last: torch.Tensor
-    by_top: tuple[torch.Tensor, torch.Tensor]
+    by_top: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def _regroup(x: torch.Tensor, by_top) -> torch.Tensor:
-    """``(T, L, K+1)`` by tail count -> by top count :math:`c = j - a` (0 where :math:`c > j`)."""
-    index, valid = by_top
-    return x.gather(-1, index.expand(x.shape[0], -1, -1)).mul_(valid)
+    """``(L, K+1, T)`` by tail count -> by top count :math:`c = j - a` (0 where :math:`c > j`)."""
+    levels, index, valid = by_top
+    return x[levels, index].mul_(valid)
 
 
 def combine(top_last: torch.Tensor, tail_last: torch.Tensor, rho: torch.Tensor, q: torch.Tensor,
             gauge: int, k_min: int, k_max: int) -> Combination:
-    r"""The :class:`Combination` of the top table's last entries ``top_last`` ``(T, K+1)``
-    (gauge ``q``, normalisers ``rho`` ``(T, K)``) and the tail's ``tail_last`` ``(T, K+1)``
+    r"""The :class:`Combination` of the top table's last entries ``top_last`` ``(K+1, T)``
+    (gauge ``q``, normalisers ``rho`` ``(T, K)``) and the tail's ``tail_last`` ``(K+1, T)``
     (gauge ``g``), formed in float64 log space and rounded once."""
     dtype, device = top_last.dtype, top_last.device
     levels = torch.arange(k_min, k_max + 1, device=device)[:, None]          # j, (L, 1)
@@ -147,21 +147,23 @@ def combine(top_last: torch.Tensor, tail_last: torch.Tensor, rho: torch.Tensor, 
     valid = counts <= levels                                                 # (L, K+1)
     rest = (levels - counts).clamp_(min=0)                                   # j - a
     # S_c = sum_{b <= c} (rho_b + kappa_b - rho_K): log H's exponent is S_{j-a} - S_j
-    steps = (rho.double() - rho[:, -1:].double()) + math.log(2) * q.double()
-    partial = torch.nn.functional.pad(torch.cumsum(steps, -1), (1, 0))     # (T, K+1)
+    rho_t = rho.T.double()
+    steps = (rho_t - rho_t[-1:]) + math.log(2) * q.double()[:, None]         # (K, T)
+    partial = torch.nn.functional.pad(torch.cumsum(steps, 0), (0, 0, 1, 0))  # (K+1, T)
     log_top = torch.log(top_last.double())
-    keep = top_last[:, k_min:] > 0                                           # (T, L)
-    safe = torch.where(keep, log_top[:, k_min:], torch.zeros_like(log_top[:, k_min:]))
-    exponent = (log_top[:, rest] - safe[..., None] + partial[:, rest] - partial[:, levels]
-                + (gauge * math.log(2)) * counts.double())
-    live = valid & keep[..., None]
-    log_h = torch.where(live, exponent, torch.full_like(exponent, -math.inf))
-    log_joint = log_h + torch.log(tail_last.double())[:, None, :]
-    log_ratio = torch.logsumexp(log_joint, -1)                               # >= 0 where kept
+    keep = top_last[k_min:] > 0                                              # (L, T)
+    safe = torch.where(keep, log_top[k_min:], torch.zeros_like(log_top[k_min:]))
+    exponent = ((log_top + partial)[rest] - (safe + partial[k_min:])[:, None]
+                + (gauge * math.log(2)) * counts.double()[..., None])        # (L, K+1, T)
+    live = valid[..., None] & keep[:, None]
+    log_h = exponent.masked_fill_(~live, -math.inf)
+    log_joint = log_h + torch.log(tail_last.double())[None]
+    log_ratio = torch.logsumexp(log_joint, 1)                                # >= 0 where kept
     log_ratio = torch.where(keep, log_ratio, torch.zeros_like(log_ratio))
-    h = torch.exp(log_h - log_ratio[..., None]).to(dtype)
-    joint = torch.exp(log_joint - log_ratio[..., None]).to(dtype)
-    by_top = (rest[None], valid[None].to(dtype))  # c = j - a is a = j - c: the same index
+    h = torch.exp(log_h - log_ratio[:, None]).to(dtype)
+    joint = torch.exp(log_joint - log_ratio[:, None]).to(dtype)
+    band = torch.arange(k_max - k_min + 1, device=device)[:, None]
+    by_top = (band, rest, valid[..., None].to(dtype))  # c = j - a is a = j - c: the same index
     return Combination(h, joint, log_ratio, keep, top_last, by_top)
 
 
@@ -175,31 +177,31 @@ def level_terminals(comb: Combination, weights: torch.Tensor) -> tuple[torch.Ten
     r"""``(tail, top)`` terminal weights ``(K+1, T)`` whose pair sums are
     :math:`\sum_j \varepsilon_j \nabla_\theta \log e_j` for level weights ``weights``
     :math:`\varepsilon` ``(T, L)``."""
-    weights = weights[..., None]
-    tail = (weights * comb.h).sum(1)
-    top = _safe_divide((weights * _regroup(comb.joint, comb.by_top)).sum(1), comb.top_last)
-    return tail.T.contiguous(), top.T.contiguous()
+    weights = weights.T[:, None]
+    tail = (weights * comb.h).sum(0)
+    top = _safe_divide((weights * _regroup(comb.joint, comb.by_top)).sum(0), comb.top_last)
+    return tail, top
 
 
 def _log_slopes(comb: Combination, top_tilt: torch.Tensor) -> torch.Tensor:
-    r""":math:`\lambda` arranged by tail count, ``(T, L, K+1)``: :math:`\lambda_{j-a}`."""
-    slopes = _safe_divide(top_tilt, comb.top_last)                           # (T, K+1) by c
-    return slopes[:, comb.by_top[0][0]]
+    r""":math:`\lambda` arranged by tail count, ``(L, K+1, T)``: :math:`\lambda_{j-a}`."""
+    return _safe_divide(top_tilt, comb.top_last)[comb.by_top[1]]
 
 
 def tilt_terminals(comb: Combination, p: torch.Tensor, top_tilt: torch.Tensor,
                    tail_tilt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     r"""``(tail, top)`` ``(K+1, T)``: how the marginals' terminal weights move along the tilt
     with tilted last entries ``top_tilt`` :math:`\hat e'` and ``tail_tilt`` :math:`\tau'`
-    ``(T, K+1)`` (without the common :math:`-(m \cdot v)` factor)."""
-    p = p[..., None]
-    tail = (p * comb.h * _log_slopes(comb, top_tilt)).sum(1)
-    moved = _regroup(comb.h * tail_tilt[:, None, :], comb.by_top)
-    top = _safe_divide((p * moved).sum(1), comb.top_last)
-    return tail.T.contiguous(), top.T.contiguous()
+    ``(K+1, T)`` (without the common :math:`-(m \cdot v)` factor); ``p`` ``(T, L)``."""
+    p = p.T[:, None]
+    tail = (p * comb.h * _log_slopes(comb, top_tilt)).sum(0)
+    moved = _regroup(comb.h * tail_tilt[None], comb.by_top)
+    top = _safe_divide((p * moved).sum(0), comb.top_last)
+    return tail, top
 
 
 def log_derivative(comb: Combination, top_tilt: torch.Tensor,
                    tail_tilt: torch.Tensor) -> torch.Tensor:
     r""":math:`\ell'_j` ``(T, L)`` along the tilt (0 where :math:`e_j = 0`)."""
-    return (comb.joint * _log_slopes(comb, top_tilt) + comb.h * tail_tilt[:, None, :]).sum(-1)
+    slope = (comb.joint * _log_slopes(comb, top_tilt) + comb.h * tail_tilt[None]).sum(1)
+    return slope.T

@@ -104,7 +104,7 @@ def draw_samples(esp, size_logits, k_min, k_max, n_samples, generator):
         # a NaN row finds no size; clamped, its draw stays inside the tables (and is NaN below)
         sizes = inverse_cdf(cumulative, u).clamp_(max=k_max - k_min) + k_min
     source = torch.arange(n_draws, device=like.device) if rows is None else rows
-    posterior = esp.comb.joint[source, sizes - k_min]                 # (R, K+1): P(a | j) R_j
+    posterior = esp.comb.joint[sizes - k_min, :, source]              # (R, K+1): P(a | j)
     u = uniform_open_closed(n_draws, generator, like)
     tail_count = torch.minimum(inverse_cdf(torch.cumsum(posterior, -1), u), sizes)
     u_tail = uniform_open_closed((k_max, n_draws), generator, like)

@@ -93,7 +93,7 @@ def _levels(comb, setup, k_min):
     r"""``(log_q, offset)`` ``(T, L)``: :math:`\log \hat e_j` and, in float64,
     :math:`o_j + \log R_j` (:math:`\log R_j` reaches :math:`\log \binom{n}{j}`: kept apart,
     it is not rounded to float32)."""
-    return torch.log(comb.top_last[:, k_min:]), setup.offset + comb.log_ratio
+    return torch.log(comb.top_last[k_min:]).T, setup.offset + comb.log_ratio.T
 
 
 def _size_probs(log_q, shift, k_min, size_logits, offset):
@@ -113,7 +113,7 @@ def fast_forward(theta, size_logits, k_min, k_max, with_marginals=True):
     s = _setup(theta, k_min, k_max, top_indices(theta, k_max))
     top_table = em.prefix(s.top_mu, k_max)
     tail_table = em.prefix(s.tail_mu, k_max)
-    comb = sp.combine(top_table[-1].T, tail_table[-1].T, s.rho, s.q, s.gauge, k_min, k_max)
+    comb = sp.combine(top_table[-1], tail_table[-1], s.rho, s.q, s.gauge, k_min, k_max)
     log_q, offset = _levels(comb, s, k_min)
     m = None
     if with_marginals:
@@ -134,8 +134,8 @@ def _tilted(theta, size_logits, k_min, k_max, top, v, level_weights):
     tail_tilt_mu = s.tail_mu * v.T[:, None]
     top_front = em.prefix_with_tilt(s.top_mu, top_tilt_mu, k_max)
     tail_front = em.prefix_with_tilt(s.tail_mu, tail_tilt_mu, k_max)
-    top_last, top_dot = top_front[-1, 0].T, top_front[-1, 1].T
-    tail_last, tail_dot = tail_front[-1, 0].T, tail_front[-1, 1].T
+    top_last, top_dot = top_front[-1, 0], top_front[-1, 1]
+    tail_last, tail_dot = tail_front[-1, 0], tail_front[-1, 1]
     comb = sp.combine(top_last, tail_last, s.rho, s.q, s.gauge, k_min, k_max)
     log_q, offset = _levels(comb, s, k_min)
     p = _size_probs(log_q, s.shift, k_min, size_logits, offset)

@@ -39,4 +39,4 @@ def test_split_factors_stay_inside_float32(n, k):
         assert torch.isfinite(t).all() and t.max() <= bound
     assert torch.isfinite(m).all()
     # P(a | j) sums to 1 at every level
-    assert torch.allclose(esp.comb.joint.sum(-1), torch.ones(2, k), atol=1e-5)
+    assert torch.allclose(esp.comb.joint.sum(1), torch.ones(k, 2), atol=1e-5)
