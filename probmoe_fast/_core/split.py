@@ -97,8 +97,8 @@ def tail_multipliers(theta: torch.Tensor, top: torch.Tensor, base: torch.Tensor,
     the top experts ``top`` ``(T, K)`` set to exactly 0 and ``base`` :math:`b` ``(T,)``
     (:func:`~probmoe_fast._core.levels.exp_floored`: only the top experts' exponents are
     positive)."""
-    exponent = theta - base[:, None] - gauge * math.log(2)
-    u = exp_floored(exponent).scatter_(-1, top, 0.0)
+    u = exp_floored(theta - base[:, None]).mul_(2.0 ** -gauge)  # a power of two: exact
+    u.scatter_(-1, top, 0.0)
     return u.T.contiguous().unsqueeze(1)
 
 

@@ -100,10 +100,10 @@ def _size_probs(log_q, shift, k_min, size_logits, offset):
     return torch.softmax(size_scores(log_q, shift, k_min, size_logits, offset), dim=-1)
 
 
-def _scatter_top(tail_part: torch.Tensor, top_part: torch.Tensor, top: torch.Tensor):
-    """``(T, n)``: the tail's ``(n, T)`` values with the top experts' ``(K, T)`` written in
+def _joined(tail_part: torch.Tensor, top_part: torch.Tensor, top: torch.Tensor):
+    """``(n, T)``: the tail's ``(n, T)`` values with the top experts' ``(K, T)`` written in
     (the tail's are exactly 0 there)."""
-    return tail_part.T.scatter(-1, top, top_part.T)
+    return tail_part.scatter(0, top.T, top_part)
 
 
 def fast_forward(theta, size_logits, k_min, k_max, with_marginals=True):
@@ -119,15 +119,16 @@ def fast_forward(theta, size_logits, k_min, k_max, with_marginals=True):
     if with_marginals:
         p = _size_probs(log_q, s.shift, k_min, size_logits, offset)
         tail_term, top_term = sp.level_terminals(comb, p)
-        m = _scatter_top(em.pair_sums(s.tail_mu, tail_table, tail_term),
-                         em.pair_sums(s.top_mu, top_table, top_term), s.top)
+        m = _joined(em.pair_sums(s.tail_mu, tail_table, tail_term),
+                    em.pair_sums(s.top_mu, top_table, top_term), s.top).T.contiguous()
     esp = SplitESP(log_q, offset, s.shift, s.top, top_table, tail_table, comb)
     return esp, m, s.top.to(torch.int16 if theta.shape[-1] <= 2 ** 15 else torch.int32)
 
 
 def _tilted(theta, size_logits, k_min, k_max, top, v, level_weights):
-    r"""``(m, s', l', p, keep)`` along the tilt ``v`` ``(T, n)`` with extra level weights
-    ``level_weights(p)`` ``(T, L)`` (or None) in the tilt terminals."""
+    r"""``(m, s', l', p)`` along the tilt ``v`` ``(T, n)`` with extra level weights
+    ``level_weights(p)`` ``(T, L)`` (or None) in the tilt terminals; ``m`` and ``s'`` are
+    ``(n, T)``."""
     s = _setup(theta, k_min, k_max, top.long())
     v_top = v.gather(-1, s.top).T
     top_tilt_mu = s.top_mu * v_top[:, None]
@@ -147,31 +148,30 @@ def _tilted(theta, size_logits, k_min, k_max, top, v, level_weights):
         tail_move, top_move = tail_move + tail_extra, top_move + top_extra
     tail_sums = em.tilted_pair_sums(s.tail_mu, tail_tilt_mu, tail_front, tail_term, tail_move)
     top_sums = em.tilted_pair_sums(s.top_mu, top_tilt_mu, top_front, top_term, top_move)
-    m = _scatter_top(tail_sums[0], top_sums[0], s.top)
-    s_tilt = _scatter_top(tail_sums[1], top_sums[1], s.top)
-    return m, s_tilt, sp.log_derivative(comb, top_dot, tail_dot), p, comb.keep
+    m = _joined(tail_sums[0], top_sums[0], s.top)
+    s_tilt = _joined(tail_sums[1], top_sums[1], s.top)
+    return m, s_tilt, sp.log_derivative(comb, top_dot, tail_dot), p
 
 
 def fast_backward(theta, size_logits, k_min, k_max, top, grad_log_q, grad_m):
     r"""``(grad_theta, grad_size_logits)`` for cotangents ``grad_log_q`` ``(T, L)`` (or None)
     and ``grad_m`` ``(T, n)`` (or None); see the module docstring."""
     v = torch.zeros_like(theta) if grad_m is None else grad_m
-    m, s_tilt, slope, p, _ = _tilted(theta, size_logits, k_min, k_max, top, v,
-                                     lambda p: grad_log_q)
-    m_dot_v = (m * v).sum(-1, keepdim=True)
-    grad = s_tilt.addcmul_(v, m).sub_(m * m_dot_v)
-    grad_phi = None if size_logits is None else p * (slope - m_dot_v)
-    return grad, grad_phi
+    m, s_tilt, slope, p = _tilted(theta, size_logits, k_min, k_max, top, v, lambda p: grad_log_q)
+    m_dot_v = (m * v.T).sum(0)
+    grad = s_tilt.addcmul_(v.T, m).sub_(m * m_dot_v)
+    grad_phi = None if size_logits is None else p * (slope - m_dot_v[:, None])
+    return grad.T.contiguous(), grad_phi
 
 
 def fast_jvp(theta, size_logits, k_min, k_max, top, theta_dot, size_logits_dot):
     r"""``(log_q_dot (T, L), m_dot (T, n))`` for tangents ``theta_dot`` ``(T, n)`` (or None)
     and ``size_logits_dot`` ``(T, L)`` (or None); see the module docstring."""
     u = torch.zeros_like(theta) if theta_dot is None else theta_dot
-    m, s_tilt, slope, p, _ = _tilted(
+    m, s_tilt, slope, p = _tilted(
         theta, size_logits, k_min, k_max, top, u,
         lambda p: None if size_logits_dot is None else p * size_logits_dot)
-    mean = (m * u).sum(-1, keepdim=True)
+    mean = (m * u.T).sum(0)
     if size_logits_dot is not None:
-        mean = mean + (p * size_logits_dot).sum(-1, keepdim=True)
-    return slope, s_tilt.addcmul_(u, m).sub_(m * mean)
+        mean = mean + (p * size_logits_dot).sum(-1)
+    return slope, s_tilt.addcmul_(u.T, m).sub_(m * mean).T.contiguous()

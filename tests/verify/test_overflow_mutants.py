@@ -61,7 +61,9 @@ def test_float32_marginals_in_the_entropy_cancellation_are_caught():
     report = verify.check_exact_k(mut.float32_entropy_exact, quick=True, checks=("entropy",))
     rows = {(r.check, r.case): r for r in report.rows}
     assert rows["entropy", "n=64 k=8 top10000"].status == "fail"
-    assert rows["entropy", "n=256 k=32 spread10000"].status == "fail"
+    # (the n=256 k=32 spread10000 row caught it too while the float32 marginals there were off by
+    # more; with the split tables the cancellation stays at 6e-6, inside that row's 1e-8 x spread
+    # allowance, so only the top-1e4 row, off by 5e-3, is the mutant's failing row)
     assert rows["log_prob", "n=64 k=8 top10000"].status == "pass"   # the real log_prob
     assert rows["entropy", "n=64 k=8 moderate"].status == "pass"
 
