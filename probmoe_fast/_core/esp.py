@@ -21,8 +21,6 @@ name           shape                       meaning
 ``log_q``      ``(T, k_max - k_min + 1)``  :math:`\log Q_j(n) = \ell_j - o_j` (0 up to
                                            rounding); :math:`-\infty` where :math:`e_j = 0`
 ``shift``      ``(T,)``                    :math:`c`, the largest finite logit, detached
-``tables``     ``k_max + 1`` × ``(n, T)``  normalised prefix levels, position-major (detached)
-``order``      ``(T, n)`` int64            table position -> expert index
 ``offset``     ``(T, L)`` float64          :math:`o_j`, detached
 ``log_e``      ``(T, L)``                  :math:`\ell_j`, i.e. ``log_q + offset`` rounded to
                                            the math dtype
@@ -50,8 +48,6 @@ __all__ = ["ESP", "log_esp"]
 class ESP(NamedTuple):
     log_q: torch.Tensor
     shift: torch.Tensor
-    tables: list[torch.Tensor]
-    order: torch.Tensor | None
     offset: torch.Tensor | None = None
 
     @property
@@ -73,10 +69,8 @@ def log_esp(theta: torch.Tensor, k_min: int, k_max: int) -> ESP:
     r"""Log ESP of levels ``k_min..k_max`` for ``theta`` ``(T, n)``; see the module docstring."""
     n_rows, n = theta.shape
     if k_max == 0:
-        ones = torch.ones_like(theta)
         zero = (theta * 0).sum(-1, keepdim=True)  # log e_0 = 0, attached to theta's graph
-        order = torch.arange(n, device=theta.device).expand(n_rows, n)
-        return ESP(zero, torch.zeros_like(theta[:, 0]).detach(), [ones.T.detach()], order,
+        return ESP(zero, torch.zeros_like(theta[:, 0]).detach(),
                    torch.zeros(n_rows, 1, dtype=torch.float64, device=theta.device))
     layout = table_layout(theta, top_indices(theta, k_max))
     with torch.no_grad():
@@ -86,5 +80,4 @@ def log_esp(theta: torch.Tensor, k_min: int, k_max: int) -> ESP:
     levels = prefix_tables(layout.xs, k_max, layout.rho, q)
     last = torch.stack([levels[j][:, -1] for j in range(k_min, k_max + 1)], dim=-1)
     offset = level_offsets(layout.rho, layout.shift, q, k_min, k_max)
-    return ESP(_log_levels(last), layout.shift, [q.detach().T for q in levels], layout.order,
-               offset)
+    return ESP(_log_levels(last), layout.shift, offset)

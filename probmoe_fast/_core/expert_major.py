@@ -116,7 +116,7 @@ def pair_sums(mu: torch.Tensor, front: torch.Tensor, terminal: torch.Tensor) -> 
     ``terminal`` ``(K+1, T)``: :math:`\gamma_a` (0 outside the band)."""
     n, _, rows = mu.shape
     n_levels = front.shape[-2] - 1
-    shared = mu.shape[1] == 1 and n_levels > 1
+    shared = mu.shape[1] == 1
     steps = mu.unbind(0)
     s = mu.new_empty(n, rows)
     prod = mu.new_empty(_CHUNK, n_levels, rows)
@@ -150,7 +150,7 @@ def tilted_pair_sums(mu: torch.Tensor, mu_v: torch.Tensor, front: torch.Tensor,
     and the terminal weights :math:`\gamma`, :math:`\gamma'`."""
     n, _, rows = mu.shape
     n_levels = front.shape[-2] - 1
-    shared = mu.shape[1] == 1 and n_levels > 1
+    shared = mu.shape[1] == 1
     steps, tilted = mu.unbind(0), mu_v.unbind(0)
     # per position: [sum mu P B, sum mu (P' B + P B')] (slabs hold B, B')
     sums = mu.new_empty(n, 2, rows)

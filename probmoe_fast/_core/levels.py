@@ -45,6 +45,7 @@ function              returns               cost
 ``top_indices``       ``(T, K)`` int64      one ``torch.topk``
 ``table_layout``      ``Layout``            :math:`O(Tn)`
 ``normalisers``       ``(rho, shift)``      :math:`O(TK)`
+``exp_floored``       like its input        :math:`O(\text{size})`, one exp
 ``static_gauge``      ``(K,)``              :math:`O(K)`
 ``final_gauge``       ``(T, K)``            :math:`O(K)` per row, from the last entries
 ``multipliers``       ``(n, K, T)``         :math:`O(TK^2)` exps, :math:`O(Tn)` exps,
@@ -68,13 +69,10 @@ __all__ = ["Layout", "top_indices", "normalisers", "exp_floored", "table_layout"
 
 
 class Layout(NamedTuple):
-    r"""One batch's table order: ``order`` ``(T, n)`` (position -> expert), ``position``
-    ``(T, n)`` (expert -> position), ``xs`` ``(T, n)`` the logits in table order, ``rho``
+    r"""One batch's table order: ``xs`` ``(T, n)`` the logits in table order, ``rho``
     ``(T, K)`` the normalisers :math:`\rho_j` (finite, detached) and ``shift`` ``(T,)``
     :math:`c = \rho_1`, the largest finite logit (0 for a row without one)."""
 
-    order: torch.Tensor
-    position: torch.Tensor
     xs: torch.Tensor
     rho: torch.Tensor
     shift: torch.Tensor
@@ -108,7 +106,7 @@ def table_layout(theta: torch.Tensor, top: torch.Tensor) -> Layout:
     order = torch.empty_like(position).scatter_(-1, position, experts)
     xs = theta.gather(-1, order)
     rho, shift = normalisers(xs[:, :n_top].detach())
-    return Layout(order, position, xs, rho, shift)
+    return Layout(xs, rho, shift)
 
 
 def static_gauge(n: int, n_levels: int, dtype: torch.dtype, device) -> torch.Tensor:

@@ -60,6 +60,7 @@ Not differentiable (the fast path's tables); NaN logits (validation off) give Na
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -74,6 +75,7 @@ def _log2_binomial(n: int, a: int) -> float:
     return (math.lgamma(n + 1) - math.lgamma(a + 1) - math.lgamma(n - a + 1)) / math.log(2)
 
 
+@functools.lru_cache(maxsize=None)  # a pure function of two integers, on every call
 def tail_gauge(n: int, n_levels: int) -> int:
     r"""The integer :math:`g \ge 0` (:math:`\alpha = 2^{-g}`) that minimises the larger of the
     bounds :math:`\max_a \log_2 \binom{n-K}{a} - g a` (tail entries) and
@@ -117,7 +119,7 @@ class Combination(NamedTuple):
 
     ``h`` :math:`H_{j,a} / R_j`; ``joint`` :math:`\pi_{j,a} = H_{j,a}\tau_a / R_j`
     (:math:`P(a \mid |S| = j)`); ``log_ratio`` ``(L, T)`` float64 :math:`\log R_j` (0 where
-    :math:`e_j = 0`); ``keep`` ``(L, T)`` :math:`e_j > 0`; ``top_last`` ``(K+1, T)``
+    :math:`e_j = 0`); ``top_last`` ``(K+1, T)``
     :math:`\hat e_c`; ``by_top`` ``(levels, index, valid)`` regrouping :math:`a` to
     :math:`c = j - a`. :math:`R_j` itself is not representable (:math:`\binom{256}{32}` on tied
     rows); every factor here is below :math:`2^{70}`."""
@@ -125,7 +127,6 @@ class Combination(NamedTuple):
     h: torch.Tensor
     joint: torch.Tensor
     log_ratio: torch.Tensor
-    keep: torch.Tensor
     top_last: torch.Tensor
     by_top: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -164,7 +165,7 @@ def combine(top_last: torch.Tensor, tail_last: torch.Tensor, rho: torch.Tensor, 
     joint = torch.exp(log_joint - log_ratio[:, None]).to(dtype)
     band = torch.arange(k_max - k_min + 1, device=device)[:, None]
     by_top = (band, rest, valid[..., None].to(dtype))  # c = j - a is a = j - c: the same index
-    return Combination(h, joint, log_ratio, keep, top_last, by_top)
+    return Combination(h, joint, log_ratio, top_last, by_top)
 
 
 def _safe_divide(x: torch.Tensor, by: torch.Tensor) -> torch.Tensor:

@@ -81,8 +81,9 @@ class _Setup(NamedTuple):
 
 def _setup(theta, k_min, k_max, top):
     """Multipliers, gauges and offsets of detached ``theta`` ``(T, n)`` for its top experts."""
-    rho, shift = normalisers(theta.gather(-1, top))
-    top_mu, q = sp.top_multipliers(theta.gather(-1, top), rho)
+    top_x = theta.gather(-1, top)
+    rho, shift = normalisers(top_x)
+    top_mu, q = sp.top_multipliers(top_x, rho)
     gauge = sp.tail_gauge(theta.shape[-1], k_max)
     tail_mu = sp.tail_multipliers(theta, top, rho[:, -1], gauge)
     offset = level_offsets(rho, shift, q, k_min, k_max)
