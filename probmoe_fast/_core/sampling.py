@@ -72,14 +72,17 @@ def draw_members(table: torch.Tensor, counts: torch.Tensor, rows: torch.Tensor |
     top = int(counts.max()) if counts.numel() else 0
     bound = torch.full_like(counts, n_pos)  # the next member sits at a position < bound
     positions, members = [], []
+    work = table.new_empty(n_pos, counts.shape[0])
     for level in range(top, 0, -1):
         active = counts >= level
         cdf = table[1:, level] if rows is None else table[1:, level][:, rows]      # (m, R)
         last = (bound - 1).clamp(min=0)
         # the first position whose CDF reaches the target is the number of positions below it
-        # (the CDF is nondecreasing, so none at or past `bound` is counted)
-        below = cdf < u[level - 1] * cdf.gather(0, last.unsqueeze(0))
-        found = below.sum(0, dtype=torch.int32).clamp_(max=n_pos - 1).long()
+        # (the CDF is nondecreasing, so none at or past `bound` is counted); t - c > 0 exactly
+        # when c < t (IEEE subtraction), formed as floats: 1.0 below the target, else 0.0
+        target = u[level - 1] * cdf.gather(0, last.unsqueeze(0))
+        below = torch.sub(target, cdf, out=work).gt_(0)
+        found = below.sum(0).clamp_(max=n_pos - 1).long()
         positions.append(found)
         members.append(active)
         bound = torch.where(active, found, bound)

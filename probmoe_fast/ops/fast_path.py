@@ -49,6 +49,7 @@ from .._core import expert_major as em
 from .._core import split as sp
 from .._core.levels import level_offsets, normalisers, top_indices
 from .._core.partition import size_scores
+from .._core.subnormals import with_subnormals_flushed
 
 __all__ = ["SplitESP", "fast_forward", "fast_backward", "fast_jvp"]
 
@@ -107,6 +108,7 @@ def _joined(tail_part: torch.Tensor, top_part: torch.Tensor, top: torch.Tensor):
     return tail_part.scatter(0, top.T, top_part)
 
 
+@with_subnormals_flushed
 def fast_forward(theta, size_logits, k_min, k_max, with_marginals=True):
     r"""``(SplitESP, m or None, top)`` for detached ``theta`` ``(T, n)`` (``k_max >= 1``);
     ``top`` ``(T, K)`` int16 are the top experts the backward builds the tables with again.
@@ -154,6 +156,7 @@ def _tilted(theta, size_logits, k_min, k_max, top, v, level_weights):
     return m, s_tilt, sp.log_derivative(comb, top_dot, tail_dot), p
 
 
+@with_subnormals_flushed
 def fast_backward(theta, size_logits, k_min, k_max, top, grad_log_q, grad_m):
     r"""``(grad_theta, grad_size_logits)`` for cotangents ``grad_log_q`` ``(T, L)`` (or None)
     and ``grad_m`` ``(T, n)`` (or None); see the module docstring."""
@@ -165,6 +168,7 @@ def fast_backward(theta, size_logits, k_min, k_max, top, grad_log_q, grad_m):
     return grad.T.contiguous(), grad_phi
 
 
+@with_subnormals_flushed
 def fast_jvp(theta, size_logits, k_min, k_max, top, theta_dot, size_logits_dot):
     r"""``(log_q_dot (T, L), m_dot (T, n))`` for tangents ``theta_dot`` ``(T, n)`` (or None)
     and ``size_logits_dot`` ``(T, L)`` (or None); see the module docstring."""
