@@ -154,9 +154,9 @@ def multipliers(xs: torch.Tensor, rho: torch.Tensor, q: torch.Tensor) -> torch.T
     x, r = xs.T.contiguous(), rho.T.contiguous()                         # (n, T), (K, T)
     scale = torch.exp2(-(q[:, None] if q.dim() == 1 else q.T))          # (K, 1) or (K, T)
     mu = xs.new_empty(n, n_top, n_rows)
-    top = exp_floored(x[:n_top, None] - r[None]).mul_(scale[None])
-    structural = torch.ones(n_top, n_top, dtype=torch.bool, device=xs.device).triu_(1)
-    mu[:n_top] = top.masked_fill_(structural[..., None], 0.0)            # l < j - 1
+    # positions l < j - 1 never feed level j: their scale is 0 (their exponents are capped at 0)
+    feeds = torch.ones(n_top, n_top, dtype=xs.dtype, device=xs.device).tril_()[..., None]
+    exp_floored(torch.sub(x[:n_top, None], r[None], out=mu[:n_top])).mul_(feeds * scale[None])
     if n > n_top:
         w = exp_floored(x[n_top:] - r[-1])                              # (n - K, T), <= 1
         ratio = torch.exp_(r[-1] - r).mul_(scale)                        # (K, T), <= 2^-q

@@ -99,9 +99,9 @@ def tail_multipliers(theta: torch.Tensor, top: torch.Tensor, base: torch.Tensor,
     the top experts ``top`` ``(T, K)`` set to exactly 0 and ``base`` :math:`b` ``(T,)``
     (:func:`~probmoe_fast._core.levels.exp_floored`: only the top experts' exponents are
     positive)."""
-    u = exp_floored(theta - base[:, None]).mul_(2.0 ** -gauge)  # a power of two: exact
-    u.scatter_(-1, top, 0.0)
-    return u.T.contiguous().unsqueeze(1)
+    u = torch.sub(theta.T, base, out=theta.new_empty(theta.shape[::-1]))   # (n, T)
+    u = exp_floored(u).mul_(2.0 ** -gauge)  # a power of two: exact
+    return u.scatter_(0, top.T, 0.0).unsqueeze(1)
 
 
 def top_multipliers(top_x: torch.Tensor, rho: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,6 +137,25 @@ def _regroup(x: torch.Tensor, by_top) -> torch.Tensor:
     return x[levels, index].mul_(valid)
 
 
+#: Exponents are raised to this before a float64 ``exp``: ``exp`` takes its slow path below
+#: about -708 (subnormal and zero results; a spread of 1e3 gives -1e5), and what is raised
+#: stays below 1e-304, which rounds to 0 in float32 (``h``, ``joint``) and vanishes next to the
+#: 1 of the largest term (``log_ratio``).
+_EXP_FLOOR = -700.0
+
+
+def _exp(x: torch.Tensor) -> torch.Tensor:
+    """``exp`` of a fresh float64 tensor (overwritten) with exponents raised to the floor."""
+    return torch.exp_(x.clamp_(min=_EXP_FLOOR))
+
+
+def _log_sum_exp(x: torch.Tensor) -> torch.Tensor:
+    """``logsumexp`` over dim 1 of float64 ``x`` ``(L, K+1, T)``; ``-inf`` where all are."""
+    top = x.amax(1, keepdim=True)
+    top = torch.where(top > -math.inf, top, torch.zeros_like(top))
+    return torch.log(_exp(x - top).sum(1)).add_(top[:, 0])
+
+
 def combine(top_last: torch.Tensor, tail_last: torch.Tensor, rho: torch.Tensor, q: torch.Tensor,
             gauge: int, k_min: int, k_max: int) -> Combination:
     r"""The :class:`Combination` of the top table's last entries ``top_last`` ``(K+1, T)``
@@ -159,10 +178,10 @@ def combine(top_last: torch.Tensor, tail_last: torch.Tensor, rho: torch.Tensor, 
     live = valid[..., None] & keep[:, None]
     log_h = exponent.masked_fill_(~live, -math.inf)
     log_joint = log_h + torch.log(tail_last.double())[None]
-    log_ratio = torch.logsumexp(log_joint, 1)                                # >= 0 where kept
+    log_ratio = _log_sum_exp(log_joint)                                      # >= 0 where kept
     log_ratio = torch.where(keep, log_ratio, torch.zeros_like(log_ratio))
-    h = torch.exp(log_h - log_ratio[:, None]).to(dtype)
-    joint = torch.exp(log_joint - log_ratio[:, None]).to(dtype)
+    h = _exp(log_h - log_ratio[:, None]).to(dtype)
+    joint = _exp(log_joint - log_ratio[:, None]).to(dtype)
     band = torch.arange(k_max - k_min + 1, device=device)[:, None]
     by_top = (band, rest, valid[..., None].to(dtype))  # c = j - a is a = j - c: the same index
     return Combination(h, joint, log_ratio, top_last, by_top)

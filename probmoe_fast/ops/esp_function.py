@@ -112,11 +112,12 @@ def draw_samples(esp, size_logits, k_min, k_max, n_samples, generator):
     tail, tail_in = draw_members(esp.tail_table, tail_count, rows, u_tail)
     top, top_in = draw_members(esp.top_table, sizes - tail_count, rows, u_top)
     top_experts = esp.top if rows is None else esp.top[rows]
-    z = like.new_zeros(n_draws, like.shape[0] - 1)
+    # rows start at 0, or NaN where the tables are (NaN + 1 stays NaN)
+    undefined = torch.isnan(esp.log_q).any(-1, keepdim=True).repeat(n_samples, 1)
+    z = torch.where(undefined, float("nan"), 0.0).to(like.dtype).expand(
+        n_draws, like.shape[0] - 1).contiguous()
     z.scatter_add_(-1, tail, tail_in.to(z.dtype))
-    z.scatter_add_(-1, top_experts.gather(-1, top), top_in.to(z.dtype))
-    undefined = torch.isnan(esp.log_q).any(-1).repeat(n_samples)
-    return z.masked_fill_(undefined[:, None], float("nan"))
+    return z.scatter_add_(-1, top_experts.gather(-1, top), top_in.to(z.dtype))
 
 
 def _batch_first(t, dim, size):

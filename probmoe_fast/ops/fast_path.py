@@ -103,9 +103,9 @@ def _size_probs(log_q, shift, k_min, size_logits, offset):
 
 
 def _joined(tail_part: torch.Tensor, top_part: torch.Tensor, top: torch.Tensor):
-    """``(n, T)``: the tail's ``(n, T)`` values with the top experts' ``(K, T)`` written in
-    (the tail's are exactly 0 there)."""
-    return tail_part.scatter(0, top.T, top_part)
+    """``(n, T)``: the tail's ``(n, T)`` values (overwritten) with the top experts' ``(K, T)``
+    written in (the tail's are exactly 0 there)."""
+    return tail_part.scatter_(0, top.T, top_part)
 
 
 @with_subnormals_flushed

@@ -11,7 +11,6 @@ from probmoe_fast._core.subnormals import _flushing, flushing_subnormals
 from verify.tolerances import marginal_tol, vjp_tol
 
 SUPPORTED = torch.set_flush_denormal(False)  # True where the CPU can flush
-torch.set_flush_denormal(False)
 
 
 def test_mode_is_on_inside_and_restored_after():
