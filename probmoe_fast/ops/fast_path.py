@@ -31,6 +31,10 @@ The Jacobian–vector product for tangents :math:`(u, \dot\phi)` runs the same t
 (:math:`\mathrm{Cov}(z)` is symmetric). Masked experts have multiplier 0, hence exactly zero
 marginals and gradients.
 
+The three entry points run with subnormal numbers flushed to zero on the calling CPU thread
+(:mod:`probmoe_fast._core.subnormals`: what flushes is below any probability of §6, and x86
+is slow on it); the mode found is restored.
+
 Cost: forward one ``torch.topk``, one ``(T, n)`` exp, :math:`n + K` fused ops on ``(K, T)``
 slabs for the prefix tables and as many for the streamed completions
 (:func:`~probmoe_fast._core.expert_major.pair_sums`) plus three per chunk of positions; backward
