@@ -68,7 +68,8 @@ import torch
 
 from .levels import exp_floored, multipliers, static_gauge
 
-__all__ = ["Combination", "tail_gauge", "tail_multipliers", "top_multipliers", "combine",
+__all__ = ["Combination", "tail_gauge", "tail_multipliers", "compact_tail", "expand_tail",
+           "top_multipliers", "combine",
            "level_terminals", "tilt_terminals", "log_derivative"]
 
 def _log2_binomial(n: int, a: int) -> float:
@@ -102,6 +103,39 @@ def tail_multipliers(theta: torch.Tensor, top: torch.Tensor, base: torch.Tensor,
     u = torch.sub(theta.T, base, out=theta.new_empty(theta.shape[::-1]))   # (n, T)
     u = exp_floored(u).mul_(2.0 ** -gauge)  # a power of two: exact
     return u.scatter_(0, top.T, 0.0).unsqueeze(1)
+
+
+def compact_tail(tail_mu: torch.Tensor, top: torch.Tensor):
+    r"""``(mu (P, 1, T), experts (P, T) or None)``: the tail multipliers ``tail_mu``
+    ``(n, 1, T)`` with each row's zero ones dropped, the others kept in expert order
+    (``experts[p, t]`` is the expert at position ``p`` of row ``t``; rows with fewer than
+    ``P`` take a top expert, whose tail multiplier is exactly 0). An expert of multiplier 0
+    adds nothing to any table entry, marginal or tilt, so the compacted table is the same
+    table on ``P`` positions. Only where it pays: on the CPU (the width costs a host
+    synchronisation) and when ``P`` is at most half the tail; otherwise ``(tail_mu, None)``.
+    Wide spreads leave few experts above the flush of
+    :func:`~probmoe_fast._core.levels.exp_floored` (logit scale 1000 at ``n = 64, K = 8``: at
+    most 7 of 56)."""
+    n, _, n_rows = tail_mu.shape
+    if tail_mu.device.type != "cpu" or n_rows == 0:
+        return tail_mu, None
+    live = tail_mu[:, 0] > 0                                             # (n, T)
+    width = max(int(live.sum(0).max()), 1)
+    if 2 * width > n - top.shape[-1]:
+        return tail_mu, None
+    # live expert e of row t goes to position (live experts before it); the others to a spare row
+    slot = torch.where(live, torch.cumsum(live, 0).sub_(1), width)
+    experts = top[:, :1].T.repeat(width + 1, 1)
+    every = torch.arange(n, device=top.device)[:, None].expand(n, n_rows)
+    experts = experts.scatter_(0, slot, every)[:width]
+    return tail_mu[:, 0].gather(0, experts).unsqueeze(1), experts
+
+
+def expand_tail(values: torch.Tensor, experts: torch.Tensor | None, n: int) -> torch.Tensor:
+    """``(n, T)``: compacted tail values ``(P, T)`` back in expert order (0 elsewhere)."""
+    if experts is None:
+        return values
+    return values.new_zeros(n, values.shape[-1]).scatter_(0, experts, values)
 
 
 def top_multipliers(top_x: torch.Tensor, rho: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

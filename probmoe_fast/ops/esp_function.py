@@ -115,7 +115,10 @@ def draw_samples(esp, size_logits, k_min, k_max, n_samples, generator):
     # rows start at 0, or NaN where the tables are (NaN + 1 stays NaN)
     undefined = torch.isnan(esp.log_q).any(-1, keepdim=True).repeat(n_samples, 1)
     z = torch.where(undefined, float("nan"), 0.0).to(like.dtype).expand(
-        n_draws, like.shape[0] - 1).contiguous()
+        n_draws, esp.n_experts).contiguous()
+    if esp.tail_experts is not None:  # compacted tail positions -> experts
+        experts = esp.tail_experts.T
+        tail = (experts if rows is None else experts[rows]).gather(-1, tail)
     z.scatter_add_(-1, tail, tail_in.to(z.dtype))
     return z.scatter_add_(-1, top_experts.gather(-1, top), top_in.to(z.dtype))
 

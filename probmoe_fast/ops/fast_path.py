@@ -61,8 +61,10 @@ __all__ = ["SplitESP", "fast_forward", "fast_backward", "fast_jvp"]
 class SplitESP(NamedTuple):
     r"""The forward's tables, what the sampler reads: ``log_q`` ``(T, L)`` and ``offset``
     ``(T, L)`` float64 (:math:`\ell_j` = ``log_q + offset``), ``shift`` ``(T,)``, ``top``
-    ``(T, K)`` int64, ``top_table`` ``(K+1, K+1, T)``, ``tail_table`` ``(n+1, K+1, T)`` and the
-    :class:`~probmoe_fast._core.split.Combination`."""
+    ``(T, K)`` int64, ``top_table`` ``(K+1, K+1, T)``, ``tail_table`` ``(P+1, K+1, T)`` on
+    the tail positions ``tail_experts`` ``(P, T)`` (None: all ``n`` experts in expert order,
+    :func:`~probmoe_fast._core.split.compact_tail`), the
+    :class:`~probmoe_fast._core.split.Combination` and ``n_experts`` :math:`n`."""
 
     log_q: torch.Tensor
     offset: torch.Tensor
@@ -70,7 +72,9 @@ class SplitESP(NamedTuple):
     top: torch.Tensor
     top_table: torch.Tensor
     tail_table: torch.Tensor
+    tail_experts: torch.Tensor | None
     comb: sp.Combination
+    n_experts: int
 
 
 class _Setup(NamedTuple):
@@ -82,6 +86,7 @@ class _Setup(NamedTuple):
     gauge: int
     top_mu: torch.Tensor
     tail_mu: torch.Tensor
+    tail_experts: torch.Tensor | None
 
 
 def _setup(theta, k_min, k_max, top):
@@ -90,9 +95,10 @@ def _setup(theta, k_min, k_max, top):
     rho, shift = normalisers(top_x)
     top_mu, q = sp.top_multipliers(top_x, rho)
     gauge = sp.tail_gauge(theta.shape[-1], k_max)
-    tail_mu = sp.tail_multipliers(theta, top, rho[:, -1], gauge)
+    tail_mu, tail_experts = sp.compact_tail(
+        sp.tail_multipliers(theta, top, rho[:, -1], gauge), top)
     offset = level_offsets(rho, shift, q, k_min, k_max)
-    return _Setup(top, shift, offset, rho, q, gauge, top_mu, tail_mu)
+    return _Setup(top, shift, offset, rho, q, gauge, top_mu, tail_mu, tail_experts)
 
 
 def _levels(comb, setup, k_min):
@@ -126,9 +132,11 @@ def fast_forward(theta, size_logits, k_min, k_max, with_marginals=True):
     if with_marginals:
         p = _size_probs(log_q, s.shift, k_min, size_logits, offset)
         tail_term, top_term = sp.level_terminals(comb, p)
-        m = _joined(em.pair_sums(s.tail_mu, tail_table, tail_term),
-                    em.pair_sums(s.top_mu, top_table, top_term), s.top).T.contiguous()
-    esp = SplitESP(log_q, offset, s.shift, s.top, top_table, tail_table, comb)
+        tail_m = sp.expand_tail(em.pair_sums(s.tail_mu, tail_table, tail_term),
+                                s.tail_experts, theta.shape[-1])
+        m = _joined(tail_m, em.pair_sums(s.top_mu, top_table, top_term), s.top).T.contiguous()
+    esp = SplitESP(log_q, offset, s.shift, s.top, top_table, tail_table, s.tail_experts, comb,
+                   theta.shape[-1])
     return esp, m, s.top.to(torch.int16 if theta.shape[-1] <= 2 ** 15 else torch.int32)
 
 
@@ -139,7 +147,8 @@ def _tilted(theta, size_logits, k_min, k_max, top, v, level_weights):
     s = _setup(theta, k_min, k_max, top.long())
     v_top = v.gather(-1, s.top).T
     top_tilt_mu = s.top_mu * v_top[:, None]
-    tail_tilt_mu = s.tail_mu * v.T[:, None]
+    v_tail = v.T if s.tail_experts is None else v.T.gather(0, s.tail_experts)
+    tail_tilt_mu = s.tail_mu * v_tail[:, None]
     top_front = em.prefix_with_tilt(s.top_mu, top_tilt_mu, k_max)
     tail_front = em.prefix_with_tilt(s.tail_mu, tail_tilt_mu, k_max)
     top_last, top_dot = top_front[-1, 0], top_front[-1, 1]
@@ -155,8 +164,9 @@ def _tilted(theta, size_logits, k_min, k_max, top, v, level_weights):
         tail_move, top_move = tail_move + tail_extra, top_move + top_extra
     tail_sums = em.tilted_pair_sums(s.tail_mu, tail_tilt_mu, tail_front, tail_term, tail_move)
     top_sums = em.tilted_pair_sums(s.top_mu, top_tilt_mu, top_front, top_term, top_move)
-    m = _joined(tail_sums[0], top_sums[0], s.top)
-    s_tilt = _joined(tail_sums[1], top_sums[1], s.top)
+    n = theta.shape[-1]
+    m = _joined(sp.expand_tail(tail_sums[0], s.tail_experts, n), top_sums[0], s.top)
+    s_tilt = _joined(sp.expand_tail(tail_sums[1], s.tail_experts, n), top_sums[1], s.top)
     return m, s_tilt, sp.log_derivative(comb, top_dot, tail_dot), p
 
 

@@ -1,5 +1,6 @@
 """The split tables of the fast path (probmoe_fast._core.split): the bounds that keep them inside
-float32 at the largest sizes of DESIGN.md §6, and the floored exponential of their multipliers.
+float32 at the largest sizes of DESIGN.md §6, the floored exponential of their multipliers, and
+the compacted tail of wide spreads.
 Values, gradients and samples of the split path are checked against probmoe_ref by the rest of
 tests/fast and by verify."""
 
@@ -8,6 +9,8 @@ import math
 import pytest
 import torch
 
+import probmoe_fast as pf
+from probmoe_fast._core import split as sp
 from probmoe_fast._core.levels import exp_floored
 from probmoe_fast.ops.fast_path import fast_forward
 
@@ -40,3 +43,57 @@ def test_split_factors_stay_inside_float32(n, k):
     assert torch.isfinite(m).all()
     # P(a | j) sums to 1 at every level
     assert torch.allclose(esp.comb.joint.sum(1), torch.ones(k, 2), atol=1e-5)
+
+
+def test_compact_tail_keeps_each_rows_live_experts_in_expert_order():
+    g = torch.Generator().manual_seed(0)
+    n, rows = 40, 7
+    top = torch.stack([torch.randperm(n, generator=g)[:4] for _ in range(rows)])
+    mu = torch.rand(n, rows, generator=g)
+    mu[torch.rand(n, rows, generator=g) < 0.85] = 0.0              # most tail multipliers 0
+    mu.scatter_(0, top.T, 0.0)                                     # top experts: exactly 0
+    mu[:, 3] = 0.0                                                 # a row with no live tail
+    packed, experts = sp.compact_tail(mu.unsqueeze(1), top)
+    assert experts is not None and packed.shape == (experts.shape[0], 1, rows)
+    for t in range(rows):
+        live = mu[:, t].nonzero().flatten()
+        width = live.numel()
+        assert torch.equal(experts[:width, t], live)               # expert order kept
+        assert (packed[width:, 0, t] == 0).all()                   # padding carries nothing
+    assert torch.equal(sp.expand_tail(packed[:, 0], experts, n), mu)
+
+
+def test_compact_tail_declines_dense_tails():
+    mu = torch.rand(12, 1, 5)
+    top = torch.arange(2).expand(5, 2)
+    assert sp.compact_tail(mu, top)[1] is None
+
+
+@pytest.mark.parametrize("band", [(8, 8),     # Exact-k
+                                  (1, 8)])    # Dynamic-k: every level draws
+def test_compacted_tail_changes_no_value_gradient_or_draw(band, monkeypatch):
+    """Logit scale 1000: a handful of tail experts per row above the flush, so the tail is
+    compacted; the same batch with compaction turned off gives the same numbers (zero
+    multipliers add exact zeros) and, for the same generator, the same draws (a draw never
+    stops on a zero increment, and the live positions' CDF values are the same floats)."""
+    g = torch.Generator().manual_seed(3)
+    theta = 1000.0 * torch.randn(256, 64, generator=g)
+    theta[:5, :30] = -math.inf                                     # masked experts
+    v = torch.randn(256, 64, generator=g)
+    top = torch.topk(theta, band[1], -1).indices
+    assert sp.compact_tail(sp.tail_multipliers(theta, top, theta.gather(-1, top)[:, -1], 0)
+                           .contiguous(), top)[1] is not None
+
+    def run():
+        x = theta.clone().requires_grad_()
+        d = pf.DynamicK(x, *band, validate_args=False)
+        m = d.marginals
+        m.backward(v)
+        return m.detach(), x.grad, d.sample((3,), generator=torch.Generator().manual_seed(5))
+
+    compacted = run()
+    monkeypatch.setattr(sp, "compact_tail", lambda mu, top: (mu, None))
+    dense = run()
+    for got, want in zip(compacted, dense):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    assert torch.equal(compacted[2], dense[2])
