@@ -48,6 +48,8 @@ function               returns                       cost
 =====================  ============================  ==========================================
 ``tail_gauge``         ``g`` (int)                   :math:`O(K)`
 ``tail_multipliers``   ``(n, 1, T)``                 one ``(T, n)`` exp
+``compact_tail``       ``(P, 1, T)``, ``(P, T)``     :math:`O(Tn)`, one host synchronisation
+``expand_tail``        ``(n, T)``                    one ``(P, T)`` scatter
 ``top_multipliers``    ``(K, K, T)``                 :math:`O(TK^2)`
 ``combine``            :class:`Combination`          :math:`O(TK^2)`
 ``level_terminals``    ``(tail, top)`` ``(K+1, T)``  :math:`O(TK^2)`
@@ -119,7 +121,7 @@ def compact_tail(tail_mu: torch.Tensor, top: torch.Tensor):
     n, _, n_rows = tail_mu.shape
     if tail_mu.device.type != "cpu" or n_rows == 0:
         return tail_mu, None
-    live = tail_mu[:, 0] > 0                                             # (n, T)
+    live = tail_mu[:, 0] != 0                                  # (n, T); NaN (unvalidated) stays
     width = max(int(live.sum(0).max()), 1)
     if 2 * width > n - top.shape[-1]:
         return tail_mu, None
