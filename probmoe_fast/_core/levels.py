@@ -64,8 +64,8 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["Layout", "top_indices", "normalisers", "exp_floored", "table_layout", "static_gauge", "final_gauge",
-           "multipliers", "level_offsets"]
+__all__ = ["Layout", "top_indices", "normalisers", "exp_floored", "table_layout", "static_gauge",
+           "final_gauge", "multipliers", "level_offsets"]
 
 
 class Layout(NamedTuple):
@@ -131,17 +131,20 @@ def final_gauge(last: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return q.expand_as(last) + step
 
 
-def exp_floored(exponent: torch.Tensor) -> torch.Tensor:
-    r""":math:`e^x` of a fresh tensor ``exponent`` :math:`\le 0` where it matters (overwritten;
-    positive exponents, met only on entries the caller masks, are capped at 0), with every
-    result below :math:`2^{8}` times the dtype's smallest normal number (float32:
-    :math:`e^{-79.3}`) exactly 0; NaN stays NaN. Only multipliers relative to a normaliser at
-    least as large go through here, and an expert of weight :math:`u` relative to it has
-    marginal at most :math:`n u` (swap it with the normaliser's expert), far below DESIGN.md §6.
-    The flush keeps ``exp`` off its slow paths (overflow and underflow) and subnormal numbers,
-    slow in every later operation on x86, out of the multipliers."""
+def exp_floored(exponent: torch.Tensor, cap: float | None = 0.0) -> torch.Tensor:
+    r""":math:`e^x` of a fresh tensor ``exponent`` (overwritten) with every result below
+    :math:`2^{8}` times the dtype's smallest normal number (float32: :math:`e^{-79.3}`) exactly
+    0; NaN stays NaN. With ``cap = 0`` (multipliers) exponents are :math:`\le 0` where it
+    matters: positive ones, met only on entries the caller masks, are capped at 0. Only
+    multipliers relative to a normaliser at least as large go through here, and an expert of
+    weight :math:`u` relative to it has marginal at most :math:`n u` (swap it with the
+    normaliser's expert), far below DESIGN.md §6. ``cap = None`` leaves large exponents alone
+    (the float64 combination of :mod:`probmoe_fast._core.split`, whose flushed terms are
+    probabilities below float64's range). The flush keeps ``exp`` off its slow paths
+    (underflow, where a spread of 1e3 gives exponents of -1e5, and overflow) and subnormal
+    numbers, slow in every later operation on x86, out of the results."""
     cut = math.log(torch.finfo(exponent.dtype).tiny) + 8.0
-    weights = torch.exp_(exponent.clamp_(min=cut - 1.0, max=0.0))
+    weights = torch.exp_(exponent.clamp_(min=cut - 1.0, max=cap))
     return torch.nn.functional.threshold_(weights, math.exp(cut), 0.0)
 
 

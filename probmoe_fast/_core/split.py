@@ -173,23 +173,11 @@ def _regroup(x: torch.Tensor, by_top) -> torch.Tensor:
     return x[levels, index].mul_(valid)
 
 
-#: Exponents are raised to this before a float64 ``exp``: ``exp`` takes its slow path below
-#: about -708 (subnormal and zero results; a spread of 1e3 gives -1e5), and what is raised
-#: stays below 1e-304, which rounds to 0 in float32 (``h``, ``joint``) and vanishes next to the
-#: 1 of the largest term (``log_ratio``).
-_EXP_FLOOR = -700.0
-
-
-def _exp(x: torch.Tensor) -> torch.Tensor:
-    """``exp`` of a fresh float64 tensor (overwritten) with exponents raised to the floor."""
-    return torch.exp_(x.clamp_(min=_EXP_FLOOR))
-
-
 def _log_sum_exp(x: torch.Tensor) -> torch.Tensor:
     """``logsumexp`` over dim 1 of float64 ``x`` ``(L, K+1, T)``; ``-inf`` where all are."""
     top = x.amax(1, keepdim=True)
     top = torch.where(top > -math.inf, top, torch.zeros_like(top))
-    return torch.log(_exp(x - top).sum(1)).add_(top[:, 0])
+    return torch.log(exp_floored(x - top, cap=None).sum(1)).add_(top[:, 0])
 
 
 def combine(top_last: torch.Tensor, tail_last: torch.Tensor, rho: torch.Tensor, q: torch.Tensor,
@@ -216,8 +204,8 @@ def combine(top_last: torch.Tensor, tail_last: torch.Tensor, rho: torch.Tensor, 
     log_joint = log_h + torch.log(tail_last.double())[None]
     log_ratio = _log_sum_exp(log_joint)                                      # >= 0 where kept
     log_ratio = torch.where(keep, log_ratio, torch.zeros_like(log_ratio))
-    h = _exp(log_h - log_ratio[:, None]).to(dtype)
-    joint = _exp(log_joint - log_ratio[:, None]).to(dtype)
+    h = exp_floored(log_h - log_ratio[:, None], cap=None).to(dtype)
+    joint = exp_floored(log_joint - log_ratio[:, None], cap=None).to(dtype)
     band = torch.arange(k_max - k_min + 1, device=device)[:, None]
     by_top = (band, rest, valid[..., None].to(dtype))  # c = j - a is a = j - c: the same index
     return Combination(h, joint, log_ratio, top_last, by_top)

@@ -27,6 +27,19 @@ def test_exp_floored_is_exp_above_the_cut_and_zero_below():
     assert got[-1].isnan()                                           # NaN stays NaN
 
 
+def test_exp_floored_without_a_cap_in_float64():
+    """The float64 combination's exponents: positive ones stay, a spread of 1e3's -1e5 and -inf
+    give exactly 0, and so does the flushed range near float64's smallest normal number."""
+    cut = math.log(torch.finfo(torch.float64).tiny) + 8.0
+    x = torch.tensor([3.0, 0.0, -1.0, -600.0, cut + 1e-9, cut - 1e-9, -720.0, -1e5, -math.inf,
+                      math.nan], dtype=torch.float64)
+    got = exp_floored(x.clone(), cap=None)
+    above = x >= cut
+    assert torch.equal(got[above], torch.exp(x)[above])               # bit for bit, 3.0 too
+    assert (got[(x < cut) & ~x.isnan()] == 0).all()
+    assert got[-1].isnan()
+
+
 @pytest.mark.parametrize("n, k", [(64, 8),     # the sizes real models use: no gauge
                                   (256, 32),   # C(224, 32) ~ 2^129 needs the gauge
                                   (96, 20),
