@@ -48,7 +48,7 @@ function               returns                       cost
 =====================  ============================  ==========================================
 ``tail_gauge``         ``g`` (int)                   :math:`O(K)`
 ``tail_multipliers``   ``(n, 1, T)``                 one ``(T, n)`` exp
-``compact_tail``       ``(P, 1, T)``, ``(P, T)``     :math:`O(Tn)`, one host synchronisation
+``compact_tail``       ``(P, 1, T)``, ``(P, T)``     :math:`O(Tn)`, host synchronisations
 ``expand_tail``        ``(n, T)``                    one ``(P, T)`` scatter
 ``top_multipliers``    ``(K, K, T)``                 :math:`O(TK^2)`
 ``combine``            :class:`Combination`          :math:`O(TK^2)`
@@ -113,8 +113,8 @@ def compact_tail(tail_mu: torch.Tensor, top: torch.Tensor):
     (``experts[p, t]`` is the expert at position ``p`` of row ``t``; rows with fewer than
     ``P`` take a top expert, whose tail multiplier is exactly 0). An expert of multiplier 0
     adds nothing to any table entry, marginal or tilt, so the compacted table is the same
-    table on ``P`` positions. Only where it pays: on the CPU (the width costs a host
-    synchronisation) and when ``P`` is at most half the tail; otherwise ``(tail_mu, None)``.
+    table on ``P`` positions. Only where it pays: on the CPU (the width and the list of
+    live experts cost host synchronisations) and when ``P`` is at most half the tail; otherwise ``(tail_mu, None)``.
     Wide spreads leave few experts above the flush of
     :func:`~probmoe_fast._core.levels.exp_floored` (logit scale 1000 at ``n = 64, K = 8``: at
     most 7 of 56)."""
@@ -122,14 +122,17 @@ def compact_tail(tail_mu: torch.Tensor, top: torch.Tensor):
     if tail_mu.device.type != "cpu" or n_rows == 0:
         return tail_mu, None
     live = tail_mu[:, 0] != 0                                  # (n, T); NaN (unvalidated) stays
-    width = max(int(live.sum(0).max()), 1)
+    counts = live.sum(0)
+    width = max(int(counts.max()), 1)
     if 2 * width > n - top.shape[-1]:
         return tail_mu, None
-    # live expert e of row t goes to position (live experts before it); the others to a spare row
-    slot = torch.where(live, torch.cumsum(live, 0).sub_(1), width)
-    experts = top[:, :1].T.repeat(width + 1, 1)
-    every = torch.arange(n, device=top.device)[:, None].expand(n, n_rows)
-    experts = experts.scatter_(0, slot, every)[:width]
+    # the row-major nonzeros list each row's live experts in expert order; the p-th of row t
+    # goes to position p (its index in the list minus the row's start)
+    row, expert = live.T.nonzero().unbind(1)
+    start = torch.cumsum(counts, 0).sub_(counts)
+    position = torch.arange(row.shape[0], device=row.device).sub_(start[row])
+    experts = top[:, :1].T.repeat(width, 1)
+    experts[position, row] = expert
     return tail_mu[:, 0].gather(0, experts).unsqueeze(1), experts
 
 
