@@ -122,14 +122,14 @@ def compact_tail(tail_mu: torch.Tensor, top: torch.Tensor):
     if tail_mu.device.type != "cpu" or n_rows == 0:
         return tail_mu, None
     live = tail_mu[:, 0] != 0                                  # (n, T); NaN (unvalidated) stays
-    counts = live.sum(0)
+    counts = live.sum(0, dtype=torch.int32)                    # not via an int64 copy
     width = max(int(counts.max()), 1)
     if 2 * width > n - top.shape[-1]:
         return tail_mu, None
     # the row-major nonzeros list each row's live experts in expert order; the p-th of row t
     # goes to position p (its index in the list minus the row's start)
     row, expert = live.T.nonzero().unbind(1)
-    start = torch.cumsum(counts, 0).sub_(counts)
+    start = torch.cumsum(counts, 0, dtype=torch.int64).sub_(counts)
     position = torch.arange(row.shape[0], device=row.device).sub_(start[row])
     experts = top[:, :1].T.repeat(width, 1)
     experts[position, row] = expert
