@@ -51,6 +51,7 @@ function               returns                       cost
 ``compact_tail``       ``(P, 1, T)``, ``(P, T)``     :math:`O(Tn)`, host synchronisations
 ``expand_tail``        ``(n, T)``                    one ``(P, T)`` scatter
 ``top_multipliers``    ``(K, K, T)``                 :math:`O(TK^2)`
+``regrouping``         ``(band, rest, valid)``       :math:`O(K^2)`
 ``combine``            :class:`Combination`          :math:`O(TK^2)`
 ``level_terminals``    ``(tail, top)`` ``(K+1, T)``  :math:`O(TK^2)`
 ``tilt_terminals``     ``(tail, top)`` ``(K+1, T)``  :math:`O(TK^2)`
@@ -71,7 +72,7 @@ import torch
 from .levels import exp_floored, multipliers, static_gauge
 
 __all__ = ["Combination", "tail_gauge", "tail_multipliers", "compact_tail", "expand_tail",
-           "top_multipliers", "combine",
+           "top_multipliers", "regrouping", "combine",
            "level_terminals", "tilt_terminals", "log_derivative"]
 
 def _log2_binomial(n: int, a: int) -> float:
@@ -114,8 +115,8 @@ def compact_tail(tail_mu: torch.Tensor, top: torch.Tensor):
     ``P`` take a top expert, whose tail multiplier is exactly 0). An expert of multiplier 0
     adds nothing to any table entry, marginal or tilt, so the compacted table is the same
     table on ``P`` positions. Only where it pays: on the CPU (the width and the list of
-    live experts cost host synchronisations) and when ``P`` is at most half the tail; otherwise ``(tail_mu, None)``.
-    Wide spreads leave few experts above the flush of
+    live experts cost host synchronisations) and when ``P`` is at most half the tail;
+    otherwise ``(tail_mu, None)``. Wide spreads leave few experts above the flush of
     :func:`~probmoe_fast._core.levels.exp_floored` (logit scale 1000 at ``n = 64, K = 8``: at
     most 7 of 56)."""
     n, _, n_rows = tail_mu.shape
@@ -183,16 +184,27 @@ def _log_sum_exp(x: torch.Tensor) -> torch.Tensor:
     return torch.log(exp_floored(x - top, cap=None).sum(1)).add_(top[:, 0])
 
 
+def regrouping(k_min: int, k_max: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, ...]:
+    r"""``by_top`` of :class:`Combination` for the band ``k_min..k_max``: ``(band (L, 1),
+    rest (L, K+1), valid (L, K+1, 1))``, :math:`c = j - a` (clamped at 0) and whether
+    :math:`a \le j` (as 0/1 of ``dtype``)."""
+    levels = torch.arange(k_min, k_max + 1, device=device)[:, None]          # j, (L, 1)
+    counts = torch.arange(k_max + 1, device=device)[None]                    # a, (1, K+1)
+    rest = (levels - counts).clamp_(min=0)                                   # j - a
+    band = torch.arange(k_max - k_min + 1, device=device)[:, None]
+    # c = j - a is a = j - c: the same index regroups either way
+    return band, rest, (counts <= levels)[..., None].to(dtype)
+
+
 def combine(top_last: torch.Tensor, tail_last: torch.Tensor, rho: torch.Tensor, q: torch.Tensor,
             gauge: int, k_min: int, k_max: int) -> Combination:
     r"""The :class:`Combination` of the top table's last entries ``top_last`` ``(K+1, T)``
     (gauge ``q``, normalisers ``rho`` ``(T, K)``) and the tail's ``tail_last`` ``(K+1, T)``
     (gauge ``g``), formed in float64 log space and rounded once."""
     dtype, device = top_last.dtype, top_last.device
-    levels = torch.arange(k_min, k_max + 1, device=device)[:, None]          # j, (L, 1)
+    by_top = regrouping(k_min, k_max, dtype, device)
+    rest, valid = by_top[1], by_top[2][..., 0] > 0                           # j - a, a <= j
     counts = torch.arange(k_max + 1, device=device)[None]                    # a, (1, K+1)
-    valid = counts <= levels                                                 # (L, K+1)
-    rest = (levels - counts).clamp_(min=0)                                   # j - a
     # S_c = sum_{b <= c} (rho_b + kappa_b - rho_K): log H's exponent is S_{j-a} - S_j
     rho_t = rho.T.double()
     steps = (rho_t - rho_t[-1:]) + math.log(2) * q.double()[:, None]         # (K, T)
@@ -209,8 +221,6 @@ def combine(top_last: torch.Tensor, tail_last: torch.Tensor, rho: torch.Tensor, 
     log_ratio = torch.where(keep, log_ratio, torch.zeros_like(log_ratio))
     h = exp_floored(log_h - log_ratio[:, None], cap=None).to(dtype)
     joint = exp_floored(log_joint - log_ratio[:, None], cap=None).to(dtype)
-    band = torch.arange(k_max - k_min + 1, device=device)[:, None]
-    by_top = (band, rest, valid[..., None].to(dtype))  # c = j - a is a = j - c: the same index
     return Combination(h, joint, log_ratio, top_last, by_top)
 
 

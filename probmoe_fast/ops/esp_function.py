@@ -32,8 +32,9 @@ product is :math:`\mathrm{Cov}(z) v`). Every row takes the analytic tables of
   :func:`~probmoe_fast._core.esp.log_esp` three times with autograd (final gauge: every level's
   last entry is 1, so :math:`Q^{-3}` stays finite); with ``create_graph`` that is recorded too.
 
-Saved for backward: the inputs, the table order ``(T, n)`` int16 (half the float32 logits'
-bytes; the layout is rebuilt from it by one scatter and one gather) and nothing else; the
+Saved for backward: the inputs, the top experts ``(T, K)`` int16 and the forward's
+:class:`~probmoe_fast.ops.fast_path.Saved` (returned as further non-differentiable outputs, so
+that ``saved_tensors_hooks`` see them and the ``vmap`` rule batches them like the others); the
 tables are recomputed.
 
 =================  =======================  ===================================================
@@ -49,7 +50,7 @@ name               shape                    meaning
 ``marginals``      ``(T, n)``               :math:`m`
 ``sample``         ``(S*T, n)`` / ``(0,)``  0/1 masks, draw r from row r mod T (no gradient);
                                             NaN rows for NaN logits (``validate_args=False``)
-``order``          ``(T, n)`` int16         the table order (position -> expert)
+``order``          ``(T, K)`` int16         the top experts, largest logit first
 =================  =======================  ===================================================
 
 Cost: forward :math:`O(TnK)` plus :math:`O(STKn)` for samples; backward and JVP :math:`O(TnK)`
@@ -64,7 +65,7 @@ import torch
 from .._core.esp import log_esp
 from .._core.partition import log_partition, size_probs
 from .._core.sampling import draw_members, inverse_cdf, uniform_open_closed
-from .fast_path import fast_backward, fast_forward, fast_jvp
+from .fast_path import ROWS_FIRST, Saved, fast_backward, fast_forward, fast_jvp
 
 __all__ = ["esp_forward", "esp_tables", "ESPFunction", "CovVJPFunction", "JVPFunction",
            "draw_samples"]
@@ -77,6 +78,14 @@ def _empty_band(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     return (theta.new_zeros(n_rows, 1),
             torch.zeros(n_rows, 1, dtype=torch.float64, device=theta.device),
             theta.new_zeros(n_rows))
+
+
+def _no_saved(theta: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Empty :class:`~probmoe_fast.ops.fast_path.Saved` fields (``k_max = 0``), each with its
+    rows dimension (so that the ``vmap`` rule treats every output alike)."""
+    n_rows = theta.shape[0]
+    return tuple(theta.new_empty(n_rows, 0) if name in ROWS_FIRST else theta.new_empty(0, n_rows)
+                 for name in Saved._fields)
 
 
 def esp_tables(theta, phi, k_min, k_max):
@@ -131,9 +140,10 @@ def _batch_first(t, dim, size):
 
 
 class ESPFunction(torch.autograd.Function):
-    r"""``(log_q, offset, shift, marginals, sample, order) = ESPFunction.apply(theta, size_logits,
-    k_min, k_max, n_samples, generator)``; see the module docstring (:math:`\ell_j` is
-    ``log_q + offset``, the float64 offset kept apart and without gradient)."""
+    r"""``(log_q, offset, shift, marginals, sample, order, *saved) = ESPFunction.apply(theta,
+    size_logits, k_min, k_max, n_samples, generator)``; see the module docstring
+    (:math:`\ell_j` is ``log_q + offset``, the float64 offset kept apart and without gradient;
+    ``saved`` are the fields of :class:`~probmoe_fast.ops.fast_path.Saved`)."""
 
     @staticmethod
     def forward(theta, size_logits, k_min, k_max, n_samples, generator):
@@ -142,8 +152,9 @@ class ESPFunction(torch.autograd.Function):
         if k_max == 0:  # the empty subset: m = 0 (log Z may still depend on phi_0)
             (log_q, offset, shift), m = _empty_band(theta), torch.zeros_like(theta)
             order = torch.zeros(theta.shape[0], 0, dtype=torch.int16, device=theta.device)
+            saved = _no_saved(theta)
         else:
-            esp, m, order = fast_forward(theta, phi, k_min, k_max)
+            esp, m, order, saved = fast_forward(theta, phi, k_min, k_max)
             log_q, offset, shift = esp.log_q, esp.offset, esp.shift
         if n_samples > 0 and k_max == 0:
             sample = theta.new_zeros(n_samples * theta.shape[0], theta.shape[1])
@@ -151,25 +162,26 @@ class ESPFunction(torch.autograd.Function):
             sample = draw_samples(esp, phi, k_min, k_max, n_samples, generator)
         else:
             sample = theta.new_empty(0)
-        return log_q, offset, shift, m, sample, order
+        return log_q, offset, shift, m, sample, order, *saved
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         theta, size_logits, k_min, k_max, _, _ = inputs
-        _, offset, shift, _, sample, order = output
+        _, offset, shift, _, sample, order, *saved = output
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(theta, size_logits, order)
+        ctx.save_for_backward(theta, size_logits, order, *saved)
         ctx.save_for_forward(theta, size_logits, order)
         ctx.band = (k_min, k_max)
-        ctx.mark_non_differentiable(offset, shift, sample, order)
+        ctx.mark_non_differentiable(offset, shift, sample, order, *saved)
 
     @staticmethod
-    def backward(ctx, grad_log_q, _grad_offset, _grad_shift, grad_m, _grad_sample, _grad_top):
-        theta, size_logits, order = ctx.saved_tensors
+    def backward(ctx, grad_log_q, _grad_offset, _grad_shift, grad_m, _grad_sample, _grad_top,
+                 *_grad_saved):
+        theta, size_logits, order, *saved = ctx.saved_tensors
         if grad_log_q is None and grad_m is None:
             return None, None, None, None, None, None
         grad_theta, grad_phi = CovVJPFunction.apply(theta, size_logits, order, *ctx.band,
-                                                    grad_log_q, grad_m)
+                                                    grad_log_q, grad_m, Saved(*saved))
         return (grad_theta if ctx.needs_input_grad[0] else None,
                 grad_phi if ctx.needs_input_grad[1] else None, None, None, None, None)
 
@@ -177,12 +189,13 @@ class ESPFunction(torch.autograd.Function):
     def jvp(ctx, theta_dot, size_logits_dot, *_):
         theta, size_logits, order = ctx.saved_tensors
         k_min, k_max = ctx.band
+        untracked = (None,) * (2 + len(Saved._fields))  # sample, order and the saved state
         if k_max == 0:
             log_q_dot = theta.new_zeros(theta.shape[0], 1)
-            return log_q_dot, None, None, torch.zeros_like(theta), None, None
+            return log_q_dot, None, None, torch.zeros_like(theta), *untracked
         log_q_dot, m_dot = JVPFunction.apply(theta, size_logits, order, k_min, k_max, theta_dot,
                                              size_logits_dot)
-        return log_q_dot, None, None, m_dot, None, None
+        return log_q_dot, None, None, m_dot, *untracked
 
     @staticmethod
     def vmap(info, in_dims, theta, size_logits, k_min, k_max, n_samples, generator):
@@ -193,12 +206,18 @@ class ESPFunction(torch.autograd.Function):
         outs = ESPFunction.apply(theta.flatten(0, 1), None if phi is None else phi.flatten(0, 1),
                                  k_min, k_max, n_samples, generator)
         log_q, offset, shift, m, sample, order = (t.unflatten(0, (size, n_rows)) if i != 4 else t
-                                                for i, t in enumerate(outs))
+                                                for i, t in enumerate(outs[:6]))
         if n_samples > 0:  # (S * B * T, n) -> (B, S * T, n): draw r of each batch from row r mod T
             sample = sample.unflatten(0, (n_samples, size, n_rows)).movedim(1, 0).flatten(1, 2)
         else:
             sample = sample.new_empty(size, 0)
-        return (log_q, offset, shift, m, sample, order), (0, 0, 0, 0, 0, 0)
+        saved, saved_dims = [], []
+        for name, t in zip(Saved._fields, outs[6:]):
+            rows = 0 if name in ROWS_FIRST else t.dim() - 1
+            saved.append(t.unflatten(rows, (size, n_rows)))
+            saved_dims.append(rows)
+        return ((log_q, offset, shift, m, sample, order, *saved),
+                (0, 0, 0, 0, 0, 0, *saved_dims))
 
 
 def _leaf(t, create_graph):
@@ -243,22 +262,23 @@ def _third_order(theta, size_logits, k_min, k_max, grad_log_q, grad_m, u_theta, 
 
 class CovVJPFunction(torch.autograd.Function):
     r"""``(grad_theta, grad_size_logits) = CovVJPFunction.apply(theta, size_logits, order, k_min,
-    k_max, grad_log_q, grad_m)``: the backward of :class:`ESPFunction` (``grad_size_logits`` is
-    an empty tensor when ``size_logits`` is None)."""
+    k_max, grad_log_q, grad_m, saved)``: the backward of :class:`ESPFunction` (``grad_size_logits``
+    is an empty tensor when ``size_logits`` is None); ``saved`` is the forward's
+    :class:`~probmoe_fast.ops.fast_path.Saved` (not differentiated) or None."""
 
     @staticmethod
-    def forward(theta, size_logits, order, k_min, k_max, grad_log_q, grad_m):
+    def forward(theta, size_logits, order, k_min, k_max, grad_log_q, grad_m, saved=None):
         if k_max == 0:  # nothing depends on theta, and m = 0 does not depend on phi
             grad_phi = theta.new_empty(0) if size_logits is None else torch.zeros_like(size_logits)
             return torch.zeros_like(theta), grad_phi
         detach = (lambda t: None if t is None else t.detach())
         grad_theta, grad_phi = fast_backward(theta.detach(), detach(size_logits), k_min, k_max,
-                                             order, detach(grad_log_q), detach(grad_m))
+                                             order, detach(grad_log_q), detach(grad_m), saved)
         return grad_theta, theta.new_empty(0) if grad_phi is None else grad_phi
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        theta, size_logits, order, k_min, k_max, grad_log_q, grad_m = inputs
+        theta, size_logits, order, k_min, k_max, grad_log_q, grad_m, _ = inputs
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(theta, size_logits, grad_log_q, grad_m)
         ctx.band = (k_min, k_max)
@@ -270,16 +290,18 @@ class CovVJPFunction(torch.autograd.Function):
         theta, size_logits, grad_log_q, grad_m = ctx.saved_tensors
         k_min, k_max = ctx.band
         if k_max == 0 or (u_theta is None and u_phi is None):
-            return None, None, None, None, None, None, None
+            return None, None, None, None, None, None, None, None
         out, (th, phi, g_log_q, g_m) = _third_order(
             theta, size_logits, k_min, k_max, grad_log_q, grad_m, u_theta,
             None if size_logits is None else u_phi, torch.is_grad_enabled())
         grads = iter(out)
         picked = [next(grads) if t is not None else None for t in (th, phi, g_log_q, g_m)]
-        return picked[0], picked[1], None, None, None, picked[2], picked[3]
+        return picked[0], picked[1], None, None, None, picked[2], picked[3], None
 
     @staticmethod
-    def vmap(info, in_dims, theta, size_logits, order, k_min, k_max, grad_log_q, grad_m):
+    def vmap(info, in_dims, theta, size_logits, order, k_min, k_max, grad_log_q, grad_m,
+             _saved):
+        # vmapped rows are not the forward's rows: the state is formed again (saved=None)
         size = info.batch_size
         dims = dict(zip(("theta", "phi", "order", "gl", "gm"),
                         (in_dims[0], in_dims[1], in_dims[2], in_dims[5], in_dims[6])))
@@ -288,7 +310,7 @@ class CovVJPFunction(torch.autograd.Function):
         flat = (lambda t, d: None if t is None else _batch_first(t, d, size).flatten(0, 1))
         grad_theta, grad_phi = CovVJPFunction.apply(
             theta.flatten(0, 1), flat(size_logits, dims["phi"]), flat(order, dims["order"]), k_min,
-            k_max, flat(grad_log_q, dims["gl"]), flat(grad_m, dims["gm"]))
+            k_max, flat(grad_log_q, dims["gl"]), flat(grad_m, dims["gm"]), None)
         grad_theta = grad_theta.unflatten(0, (size, n_rows))
         grad_phi = (grad_phi.new_empty(size, 0) if size_logits is None
                     else grad_phi.unflatten(0, (size, n_rows)))

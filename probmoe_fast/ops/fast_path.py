@@ -39,7 +39,11 @@ Cost: forward one ``torch.topk``, one ``(T, n)`` exp, :math:`n + K` fused ops on
 slabs for the prefix tables and as many for the streamed completions
 (:func:`~probmoe_fast._core.expert_major.pair_sums`) plus three per chunk of positions; backward
 and JVP twice that; :math:`O(TK^2)` for the combination. Saved for backward: the top experts
-``(T, K)`` int16; the tables are recomputed. Transient memory: one ``(n+1, K+1, T)`` table
+``(T, K)`` int16 and :class:`Saved` (the multipliers, the combination, the size probabilities
+and the terminal weights: what costs more to form again than to keep, 2.7× the float32 logits
+at :math:`n = 64, k = 8`); the tables, :math:`(n+1)(K+1)` numbers per row, are recomputed. The
+backward's ``saved`` is optional: without it (the vmapped backward of ``torch.func``, whose
+rows are not the forward's) it forms them again. Transient memory: one ``(n+1, K+1, T)`` table
 forward (it is the sampler's), two backward, plus ``O(nT)``.
 """
 
@@ -55,7 +59,7 @@ from .._core.levels import level_offsets, normalisers, top_indices
 from .._core.partition import size_scores
 from .._core.subnormals import with_subnormals_flushed
 
-__all__ = ["SplitESP", "fast_forward", "fast_backward", "fast_jvp"]
+__all__ = ["SplitESP", "Saved", "ROWS_FIRST", "fast_forward", "fast_backward", "fast_jvp"]
 
 
 class SplitESP(NamedTuple):
@@ -89,6 +93,42 @@ class _Setup(NamedTuple):
     tail_experts: torch.Tensor | None
 
 
+class Saved(NamedTuple):
+    r"""What :func:`fast_forward` keeps for :func:`fast_backward`, so that the backward does not
+    form the multipliers, the combination and the level terminals again: ``top_mu``
+    ``(K, K, T)``, ``tail_mu`` ``(P, 1, T)`` on ``tail_experts`` ``(P, T)`` (``(0, T)``: the
+    whole tail in expert order), the :class:`~probmoe_fast._core.split.Combination`'s ``h``,
+    ``joint`` ``(L, K+1, T)``, ``log_ratio`` ``(L, T)`` float64 and ``top_last`` ``(K+1, T)``,
+    the size probabilities ``p`` ``(T, L)`` and the marginals' terminal weights ``tail_term``,
+    ``top_term`` ``(K+1, T)``. Rows last except ``p`` (:data:`ROWS_FIRST`): about
+    :math:`(K^2 + n + 2L(K+1) + 3(K+1) + 2L)\,T` numbers, :math:`2.7\times` the float32 logits
+    at :math:`n = 64, k = 8`."""
+
+    top_mu: torch.Tensor
+    tail_mu: torch.Tensor
+    tail_experts: torch.Tensor
+    h: torch.Tensor
+    joint: torch.Tensor
+    log_ratio: torch.Tensor
+    top_last: torch.Tensor
+    p: torch.Tensor
+    tail_term: torch.Tensor
+    top_term: torch.Tensor
+
+
+#: Fields of :class:`Saved` whose rows are the first dimension (the others: the last).
+ROWS_FIRST = frozenset({"p"})
+
+
+def _saved(setup, comb, p, tail_term, top_term) -> Saved:
+    experts = setup.tail_experts
+    if experts is None:
+        experts = setup.top.new_empty(0, setup.top.shape[0])
+    # top_last is a view of the top table: a copy keeps the table itself from being held
+    return Saved(setup.top_mu, setup.tail_mu, experts, comb.h, comb.joint, comb.log_ratio,
+                 comb.top_last.clone(), p, tail_term, top_term)
+
+
 def _setup(theta, k_min, k_max, top):
     """Multipliers, gauges and offsets of detached ``theta`` ``(T, n)`` for its top experts."""
     top_x = theta.gather(-1, top)
@@ -120,62 +160,78 @@ def _joined(tail_part: torch.Tensor, top_part: torch.Tensor, top: torch.Tensor):
 
 @with_subnormals_flushed
 def fast_forward(theta, size_logits, k_min, k_max, with_marginals=True):
-    r"""``(SplitESP, m or None, top)`` for detached ``theta`` ``(T, n)`` (``k_max >= 1``);
-    ``top`` ``(T, K)`` int16 are the top experts the backward builds the tables with again.
-    Without ``with_marginals`` only the prefix tables are built (enough to sample)."""
+    r"""``(SplitESP, m or None, top, saved or None)`` for detached ``theta`` ``(T, n)``
+    (``k_max >= 1``); ``top`` ``(T, K)`` int16 are the top experts the backward builds the
+    tables with again, ``saved`` (:class:`Saved`) what it need not form again. Without
+    ``with_marginals`` only the prefix tables are built (enough to sample)."""
     s = _setup(theta, k_min, k_max, top_indices(theta, k_max))
     top_table = em.prefix(s.top_mu, k_max)
     tail_table = em.prefix(s.tail_mu, k_max)
     comb = sp.combine(top_table[-1], tail_table[-1], s.rho, s.q, s.gauge, k_min, k_max)
     log_q, offset = _levels(comb, s, k_min)
-    m = None
+    m = saved = None
     if with_marginals:
         p = _size_probs(log_q, s.shift, k_min, size_logits, offset)
         tail_term, top_term = sp.level_terminals(comb, p)
         tail_m = sp.expand_tail(em.pair_sums(s.tail_mu, tail_table, tail_term),
                                 s.tail_experts, theta.shape[-1])
         m = _joined(tail_m, em.pair_sums(s.top_mu, top_table, top_term), s.top).T.contiguous()
+        saved = _saved(s, comb, p, tail_term, top_term)
     esp = SplitESP(log_q, offset, s.shift, s.top, top_table, tail_table, s.tail_experts, comb,
                    theta.shape[-1])
-    return esp, m, s.top.to(torch.int16 if theta.shape[-1] <= 2 ** 15 else torch.int32)
+    return esp, m, s.top.to(torch.int16 if theta.shape[-1] <= 2 ** 15 else torch.int32), saved
 
 
-def _tilted(theta, size_logits, k_min, k_max, top, v, level_weights):
+def _tilted(theta, size_logits, k_min, k_max, top, v, level_weights, saved=None):
     r"""``(m, s', l', p)`` along the tilt ``v`` ``(T, n)`` with extra level weights
     ``level_weights(p)`` ``(T, L)`` (or None) in the tilt terminals; ``m`` and ``s'`` are
-    ``(n, T)``."""
-    s = _setup(theta, k_min, k_max, top.long())
-    v_top = v.gather(-1, s.top).T
-    top_tilt_mu = s.top_mu * v_top[:, None]
-    v_tail = v.T if s.tail_experts is None else v.T.gather(0, s.tail_experts)
-    tail_tilt_mu = s.tail_mu * v_tail[:, None]
-    top_front = em.prefix_with_tilt(s.top_mu, top_tilt_mu, k_max)
-    tail_front = em.prefix_with_tilt(s.tail_mu, tail_tilt_mu, k_max)
-    top_last, top_dot = top_front[-1, 0], top_front[-1, 1]
-    tail_last, tail_dot = tail_front[-1, 0], tail_front[-1, 1]
-    comb = sp.combine(top_last, tail_last, s.rho, s.q, s.gauge, k_min, k_max)
-    log_q, offset = _levels(comb, s, k_min)
-    p = _size_probs(log_q, s.shift, k_min, size_logits, offset)
-    tail_term, top_term = sp.level_terminals(comb, p)
+    ``(n, T)``. ``saved`` (:class:`Saved` of the same inputs, or None) replaces the setup,
+    the combination and the level terminals."""
+    top = top.long()
+    if saved is None:
+        s = _setup(theta, k_min, k_max, top)
+        top_mu, tail_mu, tail_experts = s.top_mu, s.tail_mu, s.tail_experts
+    else:
+        top_mu, tail_mu = saved.top_mu, saved.tail_mu
+        tail_experts = saved.tail_experts if saved.tail_experts.shape[0] else None
+    v_top = v.gather(-1, top).T
+    top_tilt_mu = top_mu * v_top[:, None]
+    v_tail = v.T if tail_experts is None else v.T.gather(0, tail_experts)
+    tail_tilt_mu = tail_mu * v_tail[:, None]
+    top_front = em.prefix_with_tilt(top_mu, top_tilt_mu, k_max)
+    tail_front = em.prefix_with_tilt(tail_mu, tail_tilt_mu, k_max)
+    top_dot, tail_dot = top_front[-1, 1], tail_front[-1, 1]
+    if saved is None:
+        comb = sp.combine(top_front[-1, 0], tail_front[-1, 0], s.rho, s.q, s.gauge, k_min,
+                          k_max)
+        log_q, offset = _levels(comb, s, k_min)
+        p = _size_probs(log_q, s.shift, k_min, size_logits, offset)
+        tail_term, top_term = sp.level_terminals(comb, p)
+    else:
+        comb = sp.Combination(saved.h, saved.joint, saved.log_ratio, saved.top_last,
+                              sp.regrouping(k_min, k_max, theta.dtype, theta.device))
+        p, tail_term, top_term = saved.p, saved.tail_term, saved.top_term
     tail_move, top_move = sp.tilt_terminals(comb, p, top_dot, tail_dot)
     extra = level_weights(p)
     if extra is not None:
         tail_extra, top_extra = sp.level_terminals(comb, extra)
         tail_move, top_move = tail_move + tail_extra, top_move + top_extra
-    tail_sums = em.tilted_pair_sums(s.tail_mu, tail_tilt_mu, tail_front, tail_term, tail_move)
-    top_sums = em.tilted_pair_sums(s.top_mu, top_tilt_mu, top_front, top_term, top_move)
+    tail_sums = em.tilted_pair_sums(tail_mu, tail_tilt_mu, tail_front, tail_term, tail_move)
+    top_sums = em.tilted_pair_sums(top_mu, top_tilt_mu, top_front, top_term, top_move)
     n = theta.shape[-1]
-    m = _joined(sp.expand_tail(tail_sums[0], s.tail_experts, n), top_sums[0], s.top)
-    s_tilt = _joined(sp.expand_tail(tail_sums[1], s.tail_experts, n), top_sums[1], s.top)
+    m = _joined(sp.expand_tail(tail_sums[0], tail_experts, n), top_sums[0], top)
+    s_tilt = _joined(sp.expand_tail(tail_sums[1], tail_experts, n), top_sums[1], top)
     return m, s_tilt, sp.log_derivative(comb, top_dot, tail_dot), p
 
 
 @with_subnormals_flushed
-def fast_backward(theta, size_logits, k_min, k_max, top, grad_log_q, grad_m):
+def fast_backward(theta, size_logits, k_min, k_max, top, grad_log_q, grad_m, saved=None):
     r"""``(grad_theta, grad_size_logits)`` for cotangents ``grad_log_q`` ``(T, L)`` (or None)
-    and ``grad_m`` ``(T, n)`` (or None); see the module docstring."""
+    and ``grad_m`` ``(T, n)`` (or None); see the module docstring. ``saved``: the forward's
+    :class:`Saved` for the same inputs, or None (formed again)."""
     v = torch.zeros_like(theta) if grad_m is None else grad_m
-    m, s_tilt, slope, p = _tilted(theta, size_logits, k_min, k_max, top, v, lambda p: grad_log_q)
+    m, s_tilt, slope, p = _tilted(theta, size_logits, k_min, k_max, top, v,
+                                  lambda p: grad_log_q, saved)
     m_dot_v = (m * v.T).sum(0)
     grad = s_tilt.addcmul_(v.T, m).sub_(m * m_dot_v)
     grad_phi = None if size_logits is None else p * (slope - m_dot_v[:, None])

@@ -139,9 +139,11 @@ class _Saved:
 
 
 def test_backward_saves_only_logits_sized_tensors():
-    """The routing pattern keeps <= 4x the logits' bytes for backward (the DP tables are
-    recomputed, never saved). Counted: distinct storages still held by the graph after the
-    forward (the core's own transient graph is freed inside its forward)."""
+    """The routing pattern keeps <= 6x the logits' bytes for backward: the inputs, the
+    marginals and the gate (< 4x) and the forward's multipliers and combination
+    (``fast_path.Saved``, 2.7x at n = 64, k = 8); the DP tables ((n+1)(K+1) numbers per row,
+    9x the logits) are recomputed, never saved. Counted: distinct storages still held by the
+    graph after the forward (the core's own transient graph is freed inside its forward)."""
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(512, 64, generator=g, requires_grad=True)
     boxes = []
@@ -160,7 +162,7 @@ def test_backward_saves_only_logits_sized_tensors():
             t = box.tensor
             alive[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
     logits_bytes = logits.numel() * logits.element_size()
-    assert 0 < sum(alive.values()) <= 4 * logits_bytes, sum(alive.values()) / logits_bytes
+    assert 0 < sum(alive.values()) <= 6 * logits_bytes, sum(alive.values()) / logits_bytes
     weights.sum().backward()
     assert torch.isfinite(logits.grad).all()
 

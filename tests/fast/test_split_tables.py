@@ -49,7 +49,7 @@ def test_split_factors_stay_inside_float32(n, k):
     bound): tail entries, H / R and P(a | j) finite and below 2^70."""
     rows = torch.stack([torch.zeros(n), 0.02 * torch.randn(n, generator=torch.Generator()
                                                            .manual_seed(0))])
-    esp, m, _ = fast_forward(rows, None, 1, k)
+    esp, m, _, _ = fast_forward(rows, None, 1, k)
     bound = 2.0 ** 70
     for t in (esp.tail_table, esp.top_table, esp.comb.h, esp.comb.joint):
         assert torch.isfinite(t).all() and t.max() <= bound
