@@ -159,14 +159,14 @@ class Combination(NamedTuple):
 
     ``h`` :math:`H_{j,a} / R_j`; ``joint`` :math:`\pi_{j,a} = H_{j,a}\tau_a / R_j`
     (:math:`P(a \mid |S| = j)`); ``log_ratio`` ``(L, T)`` float64 :math:`\log R_j` (0 where
-    :math:`e_j = 0`); ``top_last`` ``(K+1, T)``
-    :math:`\hat e_c`; ``by_top`` ``(levels, index, valid)`` regrouping :math:`a` to
-    :math:`c = j - a`. :math:`R_j` itself is not representable (:math:`\binom{256}{32}` on tied
-    rows); every factor here is below :math:`2^{70}`."""
+    :math:`e_j = 0`; None in a combination rebuilt for the backward, which never reads it);
+    ``top_last`` ``(K+1, T)`` :math:`\hat e_c`; ``by_top`` ``(levels, index, valid)``
+    regrouping :math:`a` to :math:`c = j - a`. :math:`R_j` itself is not representable
+    (:math:`\binom{256}{32}` on tied rows); every factor here is below :math:`2^{70}`."""
 
     h: torch.Tensor
     joint: torch.Tensor
-    log_ratio: torch.Tensor
+    log_ratio: torch.Tensor | None
     top_last: torch.Tensor
     by_top: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 

@@ -98,18 +98,17 @@ class Saved(NamedTuple):
     form the multipliers, the combination and the level terminals again: ``top_mu``
     ``(K, K, T)``, ``tail_mu`` ``(P, 1, T)`` on ``tail_experts`` ``(P, T)`` (``(0, T)``: the
     whole tail in expert order), the :class:`~probmoe_fast._core.split.Combination`'s ``h``,
-    ``joint`` ``(L, K+1, T)``, ``log_ratio`` ``(L, T)`` float64 and ``top_last`` ``(K+1, T)``,
-    the size probabilities ``p`` ``(T, L)`` and the marginals' terminal weights ``tail_term``,
-    ``top_term`` ``(K+1, T)``. Rows last except ``p`` (:data:`ROWS_FIRST`): about
-    :math:`(K^2 + n + 2L(K+1) + 3(K+1) + 2L)\,T` numbers, :math:`2.7\times` the float32 logits
-    at :math:`n = 64, k = 8`."""
+    ``joint`` ``(L, K+1, T)`` and ``top_last`` ``(K+1, T)`` (its ``log_ratio`` only feeds the
+    forward's levels), the size probabilities ``p`` ``(T, L)`` and the marginals' terminal
+    weights ``tail_term``, ``top_term`` ``(K+1, T)``. Rows last except ``p``
+    (:data:`ROWS_FIRST`): about :math:`(K^2 + n + 2L(K+1) + 3(K+1) + L)\,T` numbers,
+    :math:`2.7\times` the float32 logits at :math:`n = 64, k = 8`."""
 
     top_mu: torch.Tensor
     tail_mu: torch.Tensor
     tail_experts: torch.Tensor
     h: torch.Tensor
     joint: torch.Tensor
-    log_ratio: torch.Tensor
     top_last: torch.Tensor
     p: torch.Tensor
     tail_term: torch.Tensor
@@ -125,8 +124,8 @@ def _saved(setup, comb, p, tail_term, top_term) -> Saved:
     if experts is None:
         experts = setup.top.new_empty(0, setup.top.shape[0])
     # top_last is a view of the top table: a copy keeps the table itself from being held
-    return Saved(setup.top_mu, setup.tail_mu, experts, comb.h, comb.joint, comb.log_ratio,
-                 comb.top_last.clone(), p, tail_term, top_term)
+    return Saved(setup.top_mu, setup.tail_mu, experts, comb.h, comb.joint, comb.top_last.clone(),
+                 p, tail_term, top_term)
 
 
 def _setup(theta, k_min, k_max, top):
@@ -208,7 +207,8 @@ def _tilted(theta, size_logits, k_min, k_max, top, v, level_weights, saved=None)
         p = _size_probs(log_q, s.shift, k_min, size_logits, offset)
         tail_term, top_term = sp.level_terminals(comb, p)
     else:
-        comb = sp.Combination(saved.h, saved.joint, saved.log_ratio, saved.top_last,
+        # no log_ratio: it only forms the levels, and p is saved
+        comb = sp.Combination(saved.h, saved.joint, None, saved.top_last,
                               sp.regrouping(k_min, k_max, theta.dtype, theta.device))
         p, tail_term, top_term = saved.p, saved.tail_term, saved.top_term
     tail_move, top_move = sp.tilt_terminals(comb, p, top_dot, tail_dot)
